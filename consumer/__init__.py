@@ -1,0 +1,1 @@
+"""The explainstream consumer service: Kafka IO, scheduling, offsets, engines, HTTP, metrics."""

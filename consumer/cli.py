@@ -1,0 +1,73 @@
+"""The ``explainstream`` command line.
+
+Each command lives in its own module exposing ``register(subparsers)``; modules are imported
+only when their command may run, so the base install (SDK + schemas) can use ``produce``,
+``explain`` and ``results`` without the consumer extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from schemas.errors import ExplainstreamError
+
+__all__ = ["build_parser", "main"]
+
+#: Modules providing ``register(subparsers)``, in help order.
+COMMAND_MODULES: tuple[str, ...] = (
+    "consumer.service",
+    "consumer.client_cli",
+    "consumer.topics",
+    "consumer.lag",
+    "consumer.replay",
+    "consumer.devbroker",
+    "consumer.demo",
+    "consumer.gateway",
+    "consumer.bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (commands whose module is missing are left out)."""
+    parser = argparse.ArgumentParser(
+        prog="explainstream", description="Kafka-native LLM explanation service"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            # An optional extra is not installed: the command is simply unavailable.
+            if exc.name and exc.name.split(".")[0] in {"consumer", "llama_cpp", "aiohttp",
+                                                        "prometheus_client", "numpy"}:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", None) or "WARNING",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code = args.func(args)
+    except ExplainstreamError as exc:
+        print(f"explainstream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Service configuration: one frozen object read from the environment at start.
+
+Names are the old HTTP service's environment variables (see DESIGN.md). A bad value fails
+:func:`Settings.from_env` with :class:`~schemas.errors.ConfigError` whose message starts with
+the variable's name, so the process exits with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.errors import ConfigError
+
+__all__ = ["Delivery", "EngineKind", "Settings", "TIERS"]
+
+TIERS: tuple[str, ...] = ("urgent", "high", "normal", "low")
+
+
+class Delivery(str, Enum):
+    """Commit policy: offsets after publish, or results+offsets in one transaction."""
+
+    AT_LEAST_ONCE = "at-least-once"
+    EXACTLY_ONCE = "exactly-once"
+
+
+class EngineKind(str, Enum):
+    """Which inference engine runs requests."""
+
+    LLAMA = "llama"
+    SEQUENTIAL = "sequential"
+    FAKE = "fake"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class Settings(BaseModel):
+    """Every knob of the consumer service. Field name = lower-case env variable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Kafka
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic_prefix: str = Field("explain", pattern=r"^[A-Za-z0-9._-]+$")
+    kafka_group_id: str = "explainstream"
+    kafka_group_instance_id: str | None = None
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", pattern=r"^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        None, pattern=r"^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512|OAUTHBEARER)$"
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_partitions: int = Field(3, ge=1)
+    kafka_replication_factor: int = Field(1, ge=1)
+    kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
+    kafka_session_timeout_ms: int = Field(45_000, ge=1000)
+    delivery: Delivery = Delivery.AT_LEAST_ONCE
+
+    # Engine and model
+    engine: EngineKind = EngineKind.LLAMA
+    model_path: str | None = None
+    n_ctx: int = Field(0, ge=0)  # 0: slots x per-sequence budget
+    n_gpu_layers: int = Field(0, ge=-1)
+    n_batch: int = Field(512, ge=8)
+    n_threads: int = Field(0, ge=0)  # 0: all cores
+    kv_cache_type: str = Field("f16", pattern=r"^(f32|f16|q8_0|q4_0|q4_1|q5_0|q5_1)$")
+    seq_budget_tokens: int = Field(1024, ge=64)
+    fake_latency_ms: float = Field(0.0, ge=0)
+    fake_failure_rate: float = Field(0.0, ge=0, le=1)
+    fake_tokens_per_s: float = Field(0.0, ge=0)
+
+    # Scheduling and reliability
+    max_concurrent_requests: int = Field(8, ge=1, le=256)
+    max_queue_size: int = Field(256, ge=4)
+    request_timeout: float = Field(60.0, gt=0)  # seconds, per attempt
+    max_tokens_limit: int = Field(1024, ge=1)
+    aging_s: float = Field(30.0, gt=0)
+    retry_attempts: int = Field(3, ge=1)
+    retry_backoff_ms: float = Field(200.0, ge=0)
+    breaker_window: int = Field(20, ge=1)
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1)
+    breaker_min_calls: int = Field(5, ge=1)
+    breaker_open_s: float = Field(30.0, gt=0)
+    breaker_probes: int = Field(2, ge=1)
+    drain_timeout_s: float = Field(30.0, gt=0)
+    commit_interval_ms: int = Field(500, ge=10)
+
+    # HTTP and metrics
+    http_port: int = Field(8000, ge=0, le=65535)
+    http_host: str = "0.0.0.0"
+    prometheus_enabled: bool = True
+    metrics_port: int = Field(9090, ge=0, le=65535)
+    admin_token: str | None = None
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    debug: bool = False
+    consumer_id: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``) plus explicit overrides.
+
+        Raises ConfigError naming the first bad variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            key = name.upper()
+            if key not in env:
+                continue
+            raw = env[key].strip()
+            if field.annotation is bool or field.annotation == (bool | None):
+                low = raw.lower()
+                if low in _TRUE:
+                    values[name] = True
+                elif low in _FALSE:
+                    values[name] = False
+                else:
+                    raise ConfigError(key, f"expected true/false, got {raw!r}")
+            elif raw == "" and field.default is None:
+                values[name] = None
+            else:
+                values[name] = raw
+        values.update(overrides)
+        try:
+            settings = cls(**values)
+        except pydantic.ValidationError as exc:
+            err = exc.errors()[0]
+            key = str(err["loc"][0]).upper() if err["loc"] else "CONFIG"
+            raise ConfigError(key, f"{err['msg']} (got {err.get('input')!r})") from exc
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
+            raise ConfigError("KAFKA_SASL_MECHANISM", "required when using SASL")
+        if self.kafka_sasl_mechanism in {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"} and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ConfigError("KAFKA_SASL_USERNAME", "username and password required for SASL")
+        if self.kafka_ssl_cafile and not os.path.isfile(self.kafka_ssl_cafile):
+            raise ConfigError("KAFKA_SSL_CAFILE", f"no such file {self.kafka_ssl_cafile!r}")
+        if self.max_queue_size < self.max_concurrent_requests:
+            raise ConfigError(
+                "MAX_QUEUE_SIZE", "must be at least MAX_CONCURRENT_REQUESTS"
+            )
+        if self.model_path is not None and not os.path.isfile(self.model_path):
+            raise ConfigError("MODEL_PATH", f"no such file {self.model_path!r}")
+
+    def topic(self, suffix: str) -> str:
+        """Full topic name for ``requests.<tier>``, ``results`` or ``dlq``."""
+        return f"{self.kafka_topic_prefix}.{suffix}"
+
+    def request_topics(self) -> dict[str, str]:
+        """Tier name -> request topic."""
+        return {tier: self.topic(f"requests.{tier}") for tier in TIERS}
+
+    @property
+    def results_topic(self) -> str:
+        """Default results topic."""
+        return self.topic("results")
+
+    @property
+    def dlq_topic(self) -> str:
+        """Dead-letter topic."""
+        return self.topic("dlq")

@@ -1,0 +1,452 @@
+"""A real local Apache Kafka (KRaft) for development and tests, without Docker.
+
+The broker jars come from Maven Central (``org.apache.kafka:kafka_2.13`` and its runtime
+dependencies plus a log4j2 backend), resolved with Maven once and cached under
+``~/.cache/explainstream/kafka/<version>``. Storage is formatted with
+``kafka.tools.StorageTool`` and each node runs ``kafka.Kafka`` with Java 17+ on 127.0.0.1.
+``brokers=3`` gives a 3-node cluster of combined broker+controller nodes (replication
+factor 3, min.insync.replicas 2) on consecutive ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.errors import ExplainstreamError
+
+__all__ = ["KAFKA_VERSION", "DevBroker", "DevBrokerError", "register"]
+
+KAFKA_VERSION = "4.1.1"
+LOG4J_VERSION = "2.24.3"
+SLF4J_VERSION = "2.0.17"
+_CONTROLLER_PORT_OFFSET = 1000
+_MAIN_CLASS = "kafka.Kafka"
+
+
+class DevBrokerError(ExplainstreamError):
+    """The local broker could not be prepared, started or stopped."""
+
+
+def default_cache_dir() -> Path:
+    """Where the Kafka jars are cached (outside the repository)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "explainstream" / "kafka" / KAFKA_VERSION
+
+
+def default_data_dir() -> Path:
+    """Where broker data and pid files live unless --data-dir says otherwise."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "explainstream" / "dev-broker"
+
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.explainstream</groupId>
+  <artifactId>dev-broker</artifactId>
+  <version>1</version>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.slf4j</groupId>
+      <artifactId>slf4j-api</artifactId>
+      <version>{slf4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j2-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2 = """status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.apache.name = org.apache.kafka
+logger.apache.level = WARN
+"""
+
+
+def _java_major(java: str) -> int:
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        raise DevBrokerError(f"could not read the Java version from {java!r}")
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def find_java() -> str:
+    """Path of a Java 17+ executable, or DevBrokerError saying what to install."""
+    home = os.environ.get("JAVA_HOME")
+    candidates = [str(Path(home) / "bin" / "java")] if home else []
+    found = shutil.which("java")
+    if found:
+        candidates.append(found)
+    for java in candidates:
+        if os.access(java, os.X_OK) and _java_major(java) >= 17:
+            return java
+    raise DevBrokerError(
+        "Java 17 or newer is required for the local Kafka broker but was not found on PATH "
+        "or in JAVA_HOME (install OpenJDK 17, e.g. `apt-get install openjdk-17-jre-headless`)"
+    )
+
+
+def fetch_jars(cache_dir: Path | None = None, *, quiet: bool = False) -> Path:
+    """Resolve the Kafka broker classpath with Maven into ``cache_dir/lib`` (cached)."""
+    cache = cache_dir or default_cache_dir()
+    lib = cache / "lib"
+    marker = cache / ".complete"
+    if marker.exists() and any(lib.glob("kafka_2.13-*.jar")):
+        return lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise DevBrokerError(
+            "Maven (`mvn`) is required once to fetch the Kafka jars from Maven Central "
+            "but was not found on PATH (install it, e.g. `apt-get install maven`)"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "pom.xml").write_text(_POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION))
+    tmp_lib = cache / "lib.partial"
+    shutil.rmtree(tmp_lib, ignore_errors=True)
+    cmd = [
+        mvn,
+        "-B",
+        "-f",
+        str(cache / "pom.xml"),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={tmp_lib}",
+    ]
+    if not quiet:
+        print(f"fetching Apache Kafka {KAFKA_VERSION} jars with Maven ...", file=sys.stderr)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    tail: list[str] = []
+    count = 0
+    for line in proc.stdout:
+        tail = [*tail[-30:], line.rstrip()]
+        if "Downloaded from" in line:
+            count += 1
+            if not quiet:
+                found = re.search(r"([^/\s]+\.(?:jar|pom))", line)
+                name = found.group(1) if found else ""
+                print(f"\r  downloaded {count} files {name[:60]:<60}", end="", file=sys.stderr)
+    if proc.wait() != 0:
+        raise DevBrokerError("Maven could not fetch the Kafka jars:\n" + "\n".join(tail))
+    if not quiet and count:
+        print(file=sys.stderr)
+    shutil.rmtree(lib, ignore_errors=True)
+    tmp_lib.rename(lib)
+    marker.write_text(KAFKA_VERSION)
+    return lib
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port_block(count: int) -> int:
+    """A base port such that ``base..base+count-1`` and their controller ports look free."""
+    for _ in range(200):
+        with contextlib.closing(socket.socket()) as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = int(sock.getsockname()[1])
+        if base + count + _CONTROLLER_PORT_OFFSET >= 65535:
+            continue
+        ports = [base + i for i in range(count)]
+        ports += [p + _CONTROLLER_PORT_OFFSET for p in ports]
+        if not any(_port_open(p) for p in ports):
+            return base
+    raise DevBrokerError("no free port block found on 127.0.0.1")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@dataclass
+class DevBroker:
+    """One local KRaft cluster of ``brokers`` combined nodes rooted at ``data_dir``."""
+
+    data_dir: Path
+    port: int = 9092
+    brokers: int = 1
+    heap_mb: int = 512
+
+    @property
+    def bootstrap(self) -> str:
+        """Comma-separated bootstrap address of all nodes."""
+        return ",".join(f"127.0.0.1:{self.port + i}" for i in range(self.brokers))
+
+    def _node_dir(self, node: int) -> Path:
+        return self.data_dir / f"node-{node}"
+
+    def _pid_file(self, node: int) -> Path:
+        return self._node_dir(node) / "broker.pid"
+
+    def _props_file(self, node: int) -> Path:
+        return self._node_dir(node) / "server.properties"
+
+    def _read_pid(self, node: int) -> int | None:
+        try:
+            pid = int(self._pid_file(node).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        # Only a live process running *our* properties file counts as ours.
+        if _pid_alive(pid) and str(self._props_file(node)) in _cmdline(pid):
+            return pid
+        return None
+
+    def running_pids(self) -> list[int]:
+        """Pids of this cluster's live nodes."""
+        return [pid for n in range(self.brokers) if (pid := self._read_pid(n)) is not None]
+
+    def is_up(self) -> bool:
+        """True when every node's process lives and its broker port accepts connections."""
+        return len(self.running_pids()) == self.brokers and all(
+            _port_open(self.port + i) for i in range(self.brokers)
+        )
+
+    def _properties(self, node: int) -> str:
+        n = self.brokers
+        voters = ",".join(
+            f"{i + 1}@127.0.0.1:{self.port + i + _CONTROLLER_PORT_OFFSET}" for i in range(n)
+        )
+        port = self.port + node
+        cport = port + _CONTROLLER_PORT_OFFSET
+        rf = min(3, n)
+        min_isr = 2 if n >= 3 else 1
+        lines = {
+            "process.roles": "broker,controller",
+            "node.id": str(node + 1),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self._node_dir(node) / "data"),
+            "num.partitions": "1",
+            "default.replication.factor": str(rf),
+            "min.insync.replicas": str(min_isr),
+            "offsets.topic.replication.factor": str(rf),
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": str(rf),
+            "transaction.state.log.min.isr": str(min_isr),
+            "transaction.state.log.num.partitions": "10",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.segment.bytes": str(64 * 1024 * 1024),
+            "log.retention.hours": "168",
+            "share.coordinator.state.topic.replication.factor": str(rf),
+            "share.coordinator.state.topic.min.isr": str(min_isr),
+        }
+        return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+    def _classpath(self, lib: Path) -> str:
+        return os.pathsep.join(sorted(str(p) for p in lib.glob("*.jar")))
+
+    def start(self, *, timeout_s: float = 90.0, quiet: bool = False) -> str:
+        """Start the cluster (idempotent) and return the bootstrap address once it answers."""
+        if self.is_up():
+            return self.bootstrap
+        if self.running_pids():
+            self.stop()
+        java = find_java()
+        lib = fetch_jars(quiet=quiet)
+        classpath = self._classpath(lib)
+        for node in range(self.brokers):
+            port = self.port + node
+            for p in (port, port + _CONTROLLER_PORT_OFFSET):
+                if _port_open(p):
+                    raise DevBrokerError(f"port {p} on 127.0.0.1 is already in use")
+        cluster_file = self.data_dir / "cluster.id"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if cluster_file.exists():
+            cluster_id = cluster_file.read_text().strip()
+        else:
+            cluster_id = _cluster_id()
+            cluster_file.write_text(cluster_id)
+        procs: list[subprocess.Popen[bytes]] = []
+        for node in range(self.brokers):
+            ndir = self._node_dir(node)
+            ndir.mkdir(parents=True, exist_ok=True)
+            props = self._props_file(node)
+            props.write_text(self._properties(node))
+            log4j = ndir / "log4j2.properties"
+            log4j.write_text(_LOG4J2.format(log=ndir / "server.log"))
+            jvm = [
+                java,
+                f"-Xms{self.heap_mb // 2}m",
+                f"-Xmx{self.heap_mb}m",
+                "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={log4j}",
+                f"-Dkafka.logs.dir={ndir}",
+                "-cp",
+                classpath,
+            ]
+            if not (ndir / "data" / "meta.properties").exists():
+                fmt = subprocess.run(
+                    [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if fmt.returncode != 0:
+                    raise DevBrokerError(
+                        f"formatting KRaft storage failed: {fmt.stderr.strip() or fmt.stdout}"
+                    )
+            out = (ndir / "stdout.log").open("ab")
+            proc = subprocess.Popen(
+                [*jvm, _MAIN_CLASS, str(props)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            out.close()
+            self._pid_file(node).write_text(str(proc.pid))
+            procs.append(proc)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for node, proc in enumerate(procs):
+                if proc.poll() is not None:
+                    log = (self._node_dir(node) / "server.log").read_text(errors="replace")
+                    raise DevBrokerError(
+                        f"broker node {node + 1} exited with {proc.returncode}; "
+                        f"last log lines:\n{''.join(log.splitlines(True)[-15:])}"
+                    )
+            if all(_port_open(self.port + i) for i in range(self.brokers)) and self._ready():
+                return self.bootstrap
+            time.sleep(0.25)
+        self.stop()
+        raise DevBrokerError(f"broker did not answer within {timeout_s:.0f}s")
+
+    def _ready(self) -> bool:
+        """True once every node logged that its broker finished starting."""
+        for node in range(self.brokers):
+            log = self._node_dir(node) / "server.log"
+            try:
+                text = log.read_text(errors="replace")
+            except OSError:
+                return False
+            if "Kafka Server started" not in text:
+                return False
+        return True
+
+    def stop(self, *, grace_s: float = 20.0) -> int:
+        """SIGTERM our nodes, SIGKILL any still alive after ``grace_s``; returns how many."""
+        pids = self.running_pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+            _reap(pids)
+            time.sleep(0.1)
+        for pid in pids:
+            if _pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        _reap(pids)
+        for node in range(self.brokers):
+            self._pid_file(node).unlink(missing_ok=True)
+        return len(pids)
+
+
+def _reap(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _cluster_id() -> str:
+    # KRaft cluster ids are base64url-encoded 16-byte UUIDs without padding.
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    broker = DevBroker(Path(args.data_dir), port=args.port, brokers=args.brokers)
+    try:
+        if args.action == "start":
+            was_up = broker.is_up()
+            address = broker.start()
+            note = "already running" if was_up else "started"
+            print(f"{note}: {address}", file=sys.stderr)
+            print(address)
+        elif args.action == "stop":
+            count = broker.stop()
+            print(f"stopped {count} node(s)" if count else "not running", file=sys.stderr)
+        else:
+            if broker.is_up():
+                print(broker.bootstrap)
+            else:
+                print("down")
+                return 3
+    except DevBrokerError as exc:
+        print(f"explainstream dev-broker: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``dev-broker start|stop|status`` to the CLI."""
+    p = subparsers.add_parser("dev-broker", help="run a real local Apache Kafka (KRaft)")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--brokers", type=int, default=1, choices=[1, 3])
+    p.add_argument("--port", type=int, default=9092, help="first broker port")
+    p.add_argument("--data-dir", default=str(default_data_dir()))
+    p.set_defaults(func=_cmd)

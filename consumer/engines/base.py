@@ -1,0 +1,115 @@
+"""The engine seam: what the consumer core asks of an inference engine.
+
+An engine accepts many concurrent :meth:`Engine.generate` calls (up to :attr:`Engine.slots`);
+engines that batch (``llama``) run them together, others (``sequential``) serialise them.
+The consumer's scheduler decides *which* request gets a free slot; the engine decides *how*
+the admitted ones share the hardware.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "Engine",
+    "GenerationRequest",
+    "GenerationResult",
+    "ModelInfo",
+    "PRIORITY_BY_TIER",
+]
+
+#: Lower number = more urgent. The tier names are the topic suffixes.
+PRIORITY_BY_TIER: dict[str, int] = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Identity of the loaded model, copied into every result."""
+
+    model_name: str
+    quantization: str
+    gpu_layers: int
+    context_size: int
+    model_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One explanation to generate.
+
+    ``context`` is the AnalysisContext as a plain dict (analysis_type, symbol, metrics,
+    attributes, as_of). ``deadline_monotonic`` is a :func:`time.monotonic` instant after
+    which the engine must stop and raise :class:`~schemas.errors.DeadlineExceeded`
+    (or return what it has with ``finish_reason="deadline"``).
+    """
+
+    request_id: str
+    context: dict[str, Any]
+    prompt_profile: str = "default"
+    max_tokens: int = 200
+    temperature: float = 0.1
+    priority: int = 2
+    deadline_monotonic: float | None = None
+    seed: int | None = None
+    ignore_eos: bool = False
+    enqueued_monotonic: float = field(default_factory=time.monotonic)
+
+    def remaining_s(self, now: float | None = None) -> float | None:
+        """Seconds left before the deadline, or None when there is none."""
+        if self.deadline_monotonic is None:
+            return None
+        return self.deadline_monotonic - (time.monotonic() if now is None else now)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """What the engine produced for one request."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length" | "deadline"
+    confidence_score: float | None = None
+    processing_time_ms: float = 0.0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An inference engine; see the module docstring."""
+
+    name: str
+
+    @property
+    def slots(self) -> int:
+        """How many requests may be inside :meth:`generate` at once."""
+        ...
+
+    def model_info(self) -> ModelInfo:
+        """Identity of the loaded model."""
+        ...
+
+    async def start(self) -> None:
+        """Load the model (idempotent)."""
+        ...
+
+    async def stop(self) -> None:
+        """Release the model; pending generate calls fail with EngineError."""
+        ...
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Generate one explanation. Raises EngineError, DeadlineExceeded, RequestRejected."""
+        ...
+
+    async def warmup(self) -> None:
+        """Run a tiny generation so first real requests do not pay one-time costs."""
+        ...
+
+    async def reload(self, model_path: str | None = None) -> None:
+        """Drain in-flight generations, swap the model, resume; no request is lost."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Engine counters for /status and /admin/stats (JSON-serialisable)."""
+        ...

