@@ -1,0 +1,80 @@
+# mypy: disallow-untyped-defs=False
+"""Lag math: end - committed, with the documented choices for missing/out-of-range offsets."""
+
+from __future__ import annotations
+
+import argparse
+
+from consumer.lag import build_report, format_table, partition_lag, register
+
+TOPICS = {"urgent": "x.requests.urgent", "high": "x.requests.high", "low": "x.requests.low"}
+
+
+def test_lag_is_end_minus_committed():
+    assert partition_lag(log_end=120, committed=100) == 20
+    assert partition_lag(log_end=100, committed=100) == 0
+
+
+def test_no_committed_offset_counts_from_log_start():
+    assert partition_lag(log_end=50, committed=None) == 50
+    assert partition_lag(log_end=50, committed=None, log_start=30) == 20
+
+
+def test_committed_below_log_start_counts_from_log_start():
+    assert partition_lag(log_end=50, committed=10, log_start=30) == 20
+
+
+def test_lag_is_never_negative():
+    assert partition_lag(log_end=5, committed=9) == 0
+
+
+def test_report_per_partition_tier_totals_and_missing_topics():
+    report = build_report(
+        "grp",
+        TOPICS,
+        partitions={"x.requests.urgent": [1, 0], "x.requests.high": [0]},
+        log_start={("x.requests.urgent", 0): 0, ("x.requests.urgent", 1): 2},
+        log_end={
+            ("x.requests.urgent", 0): 10,
+            ("x.requests.urgent", 1): 7,
+            ("x.requests.high", 0): 3,
+        },
+        committed={("x.requests.urgent", 0): 4, ("x.requests.urgent", 1): -1},
+    )
+    rows = [
+        (r.tier, r.partition, r.current_offset, r.log_end_offset, r.lag) for r in report.partitions
+    ]
+    assert rows == [
+        ("urgent", 0, 4, 10, 6),
+        ("urgent", 1, None, 7, 5),
+        ("high", 0, None, 3, 3),
+    ]
+    assert report.tier_totals() == {"urgent": 11, "high": 3}
+    assert report.total == 14
+    assert report.missing_topics == ("x.requests.low",)
+    doc = report.to_json()
+    assert doc["tiers"] == {"urgent": 11, "high": 3}
+    assert doc["partitions"][1]["current_offset"] is None
+
+
+def test_table_has_the_kafka_tool_columns_and_totals():
+    report = build_report(
+        "grp",
+        {"high": "x.requests.high"},
+        partitions={"x.requests.high": [0]},
+        log_start={},
+        log_end={("x.requests.high", 0): 9},
+        committed={("x.requests.high", 0): 2},
+    )
+    text = format_table(report)
+    assert "TIER  TOPIC            PARTITION  CURRENT-OFFSET  LOG-END-OFFSET  LAG" in text
+    assert "high  x.requests.high  0          2               9               7" in text
+    assert "total   7" in text
+
+
+def test_cli_registers_lag_with_json_flag():
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["lag", "--json"])
+    assert args.json is True
+    assert callable(args.func)
