@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from producer_sdk.connection import KafkaConnection
 from schemas.errors import ConfigError, KafkaUnavailable
 
 __all__ = [
@@ -156,7 +158,7 @@ async def fetch_lag(
         else:
             starts, ends, offsets = {}, {}, {}
     except KafkaError as exc:
-        raise KafkaUnavailable(f"cannot read lag: {exc!r}", retriable=True) from exc
+        raise KafkaUnavailable(f"cannot read lag: {exc}", retriable=True) from exc
     return build_report(
         group_id,
         topics,
@@ -168,19 +170,15 @@ async def fetch_lag(
 
 
 def _client_kwargs(settings: Any) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
-        "security_protocol": settings.kafka_security_protocol,
-    }
-    if settings.kafka_sasl_mechanism:
-        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
-        kwargs["sasl_plain_password"] = settings.kafka_sasl_password
-    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
-        from aiokafka.helpers import create_ssl_context
-
-        kwargs["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
-    return kwargs
+    return KafkaConnection(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        security_protocol=settings.kafka_security_protocol,
+        sasl_mechanism=settings.kafka_sasl_mechanism,
+        sasl_username=settings.kafka_sasl_username,
+        sasl_password=settings.kafka_sasl_password,
+        ssl_cafile=settings.kafka_ssl_cafile,
+        client_id="explainstream-lag",
+    ).aiokafka_kwargs()
 
 
 async def fetch_lag_for_settings(settings: Any, *, timeout_s: float = 30.0) -> LagReport:
@@ -204,7 +202,8 @@ async def fetch_lag_for_settings(settings: Any, *, timeout_s: float = 30.0) -> L
         ) from exc
     except KafkaError as exc:
         raise KafkaUnavailable(
-            f"cannot reach {settings.kafka_bootstrap_servers}: {exc!r}", retriable=True
+            f"cannot reach {settings.kafka_bootstrap_servers}: {exc}",
+            retriable=True,
         ) from exc
     finally:
         await consumer.stop()
@@ -241,6 +240,8 @@ def format_table(report: LagReport) -> str:
 def _cmd(args: argparse.Namespace) -> int:
     from consumer.config import Settings
 
+    # aiokafka logs each failed connection attempt; the CLI reports failure once, below.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         settings = Settings.from_env()
         report = asyncio.run(fetch_lag_for_settings(settings, timeout_s=args.timeout))
