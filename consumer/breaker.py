@@ -1,0 +1,94 @@
+"""Circuit breaker around the engine: pure state machine, time passed in.
+
+closed → open when, over the last ``window`` calls (at least ``min_calls``), the failure
+rate reaches ``failure_rate``; open → half-open after ``open_s``; half-open lets ``probes``
+calls through: all succeed → closed, any fails → open again. While open the service pauses
+intake instead of failing requests.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+__all__ = ["BreakerState", "CircuitBreaker"]
+
+
+class BreakerState(str, Enum):
+    """Breaker states as exported in metrics and /status."""
+
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+
+@dataclass
+class CircuitBreaker:
+    """See module docstring."""
+
+    window: int = 20
+    failure_rate: float = 0.5
+    min_calls: int = 5
+    open_s: float = 30.0
+    probes: int = 2
+    _state: BreakerState = field(init=False, default=BreakerState.CLOSED)
+    _outcomes: deque[bool] = field(init=False)
+    _opened_at: float = field(init=False, default=0.0)
+    _probes_started: int = field(init=False, default=0)
+    _probes_ok: int = field(init=False, default=0)
+    transitions: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if not (0 < self.failure_rate <= 1) or self.window < 1 or self.probes < 1:
+            raise ValueError("invalid breaker parameters")
+        self._outcomes = deque(maxlen=self.window)
+
+    def state(self, now: float) -> BreakerState:
+        """Current state, moving open → half-open once ``open_s`` has passed."""
+        if self._state is BreakerState.OPEN and now - self._opened_at >= self.open_s:
+            self._to(BreakerState.HALF_OPEN)
+            self._probes_started = self._probes_ok = 0
+        return self._state
+
+    def allow(self, now: float) -> bool:
+        """May one more call start now? Counts a probe when half-open."""
+        state = self.state(now)
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and self._probes_started < self.probes:
+            self._probes_started += 1
+            return True
+        return False
+
+    def record(self, ok: bool, now: float) -> None:
+        """Outcome of a call that :meth:`allow` let through."""
+        state = self.state(now)
+        if state is BreakerState.HALF_OPEN:
+            if not ok:
+                self._open(now)
+                return
+            self._probes_ok += 1
+            if self._probes_ok >= self.probes:
+                self._outcomes.clear()
+                self._to(BreakerState.CLOSED)
+            return
+        if state is BreakerState.OPEN:
+            return  # late result of a call started before opening
+        self._outcomes.append(ok)
+        failures = sum(1 for o in self._outcomes if not o)
+        if (
+            len(self._outcomes) >= self.min_calls
+            and failures / len(self._outcomes) >= self.failure_rate
+        ):
+            self._open(now)
+
+    def _open(self, now: float) -> None:
+        self._opened_at = now
+        self._outcomes.clear()
+        self._to(BreakerState.OPEN)
+
+    def _to(self, state: BreakerState) -> None:
+        if state is not self._state:
+            self._state = state
+            self.transitions += 1

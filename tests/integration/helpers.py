@@ -1,0 +1,112 @@
+"""Small helpers for integration tests on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas.codec import Codec
+from schemas.models import AnalysisContext, ExplanationRequest, ExplanationResult
+
+CODEC = Codec()
+
+
+def make_request(i: int = 0, **overrides: Any) -> ExplanationRequest:
+    """A valid request whose context mentions ``i``."""
+    values: dict[str, Any] = {
+        "context": AnalysisContext(
+            analysis_type="sentiment",
+            symbol=f"SYM{i}",
+            metrics={"sentiment_score": 0.5, "current_price": 100.0 + i},
+        ),
+        "max_tokens": 32,
+        "source": "tests",
+    }
+    values.update(overrides)
+    return ExplanationRequest(**values)
+
+
+async def produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Send (key, value) pairs in order and wait for every ack."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in values]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_requests(bootstrap: str, topic: str, requests: list[ExplanationRequest]) -> None:
+    """Encode and send requests keyed by request_id."""
+    await produce(bootstrap, topic, [(r.request_id.encode(), CODEC.encode_request(r)) for r in requests])
+
+
+async def collect(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    *,
+    timeout_s: float = 60.0,
+    decode: Callable[[bytes], Any] | None = CODEC.decode_result,
+) -> list[Any]:
+    """Read ``count`` records from the start of ``topic`` (read_committed), in arrival order."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    out.append(decode(record.value) if decode else record)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """partition -> end offset."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
+    """partition -> committed offset of ``group``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic) or set()
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in sorted(parts)}
+    finally:
+        await consumer.stop()
+
+
+def results_by_id(results: list[ExplanationResult]) -> dict[str, list[ExplanationResult]]:
+    """request_id -> results seen for it."""
+    out: dict[str, list[ExplanationResult]] = {}
+    for r in results:
+        out.setdefault(r.request_id, []).append(r)
+    return out
