@@ -42,8 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             # An optional extra is not installed: the command is simply unavailable.
-            if exc.name and exc.name.split(".")[0] in {"consumer", "llama_cpp", "aiohttp",
-                                                        "prometheus_client", "numpy"}:
+            if exc.name and exc.name.split(".")[0] in {
+                "consumer",
+                "llama_cpp",
+                "aiohttp",
+                "prometheus_client",
+                "numpy",
+            }:
                 continue
             raise
         module.register(sub)

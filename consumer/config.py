@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import pydantic
@@ -17,19 +17,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.errors import ConfigError
 
-__all__ = ["Delivery", "EngineKind", "Settings", "TIERS"]
+__all__ = ["TIERS", "Delivery", "EngineKind", "Settings"]
 
 TIERS: tuple[str, ...] = ("urgent", "high", "normal", "low")
 
 
-class Delivery(str, Enum):
+class Delivery(StrEnum):
     """Commit policy: offsets after publish, or results+offsets in one transaction."""
 
     AT_LEAST_ONCE = "at-least-once"
     EXACTLY_ONCE = "exactly-once"
 
 
-class EngineKind(str, Enum):
+class EngineKind(StrEnum):
     """Which inference engine runs requests."""
 
     LLAMA = "llama"
@@ -150,9 +150,7 @@ class Settings(BaseModel):
         if self.kafka_ssl_cafile and not os.path.isfile(self.kafka_ssl_cafile):
             raise ConfigError("KAFKA_SSL_CAFILE", f"no such file {self.kafka_ssl_cafile!r}")
         if self.max_queue_size < self.max_concurrent_requests:
-            raise ConfigError(
-                "MAX_QUEUE_SIZE", "must be at least MAX_CONCURRENT_REQUESTS"
-            )
+            raise ConfigError("MAX_QUEUE_SIZE", "must be at least MAX_CONCURRENT_REQUESTS")
         if self.model_path is not None and not os.path.isfile(self.model_path):
             raise ConfigError("MODEL_PATH", f"no such file {self.model_path!r}")
 

@@ -135,7 +135,9 @@ def fetch_jars(cache_dir: Path | None = None, *, quiet: bool = False) -> Path:
             "but was not found on PATH (install it, e.g. `apt-get install maven`)"
         )
     cache.mkdir(parents=True, exist_ok=True)
-    (cache / "pom.xml").write_text(_POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION))
+    (cache / "pom.xml").write_text(
+        _POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION)
+    )
     tmp_lib = cache / "lib.partial"
     shutil.rmtree(tmp_lib, ignore_errors=True)
     cmd = [
@@ -442,7 +444,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``dev-broker start|stop|status`` to the CLI."""
     p = subparsers.add_parser("dev-broker", help="run a real local Apache Kafka (KRaft)")
     p.add_argument("action", choices=["start", "stop", "status"])

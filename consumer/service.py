@@ -97,7 +97,7 @@ class _TierStats:
         self.mean_service_s[tier] = seconds if old is None else 0.9 * old + 0.1 * seconds
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, service: ConsumerService) -> None:
         self._service = service
 
@@ -153,6 +153,8 @@ class ConsumerService:
         self._revoking: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._stopping = False
         self._intake_stopped = False
         self._loops: list[asyncio.Task[None]] = []
@@ -370,10 +372,8 @@ class ConsumerService:
     async def _dispatch_loop(self) -> None:
         while not self._stopping:
             self._dispatch()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=0.25)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     def _dispatch(self) -> None:
@@ -388,6 +388,7 @@ class ConsumerService:
                 break
             work = entry.item
             self._in_flight[work.tier] += 1
+            self._idle.clear()
             if self.metrics is not None:
                 self.metrics.observe_batch_size(self._busy())
             self._spawn(work.tp, self._run(entry))
@@ -402,9 +403,12 @@ class ConsumerService:
     def _reject_reason(self, request: ExplanationRequest) -> str | None:
         profiles = getattr(self.engine, "profiles", _PROFILES_FALLBACK)
         if request.prompt_profile not in profiles:
-            return f"unknown prompt_profile {request.prompt_profile!r} (known: {', '.join(profiles)})"
+            return (
+                f"unknown prompt_profile {request.prompt_profile!r} (known: {', '.join(profiles)})"
+            )
         if request.max_tokens > self.settings.max_tokens_limit:
-            return f"max_tokens {request.max_tokens} exceeds the limit {self.settings.max_tokens_limit}"
+            limit = self.settings.max_tokens_limit
+            return f"max_tokens {request.max_tokens} exceeds the limit {limit}"
         return None
 
     async def _run(self, entry: Buffered[Work]) -> None:
@@ -467,6 +471,8 @@ class ConsumerService:
             log.warning("request %s attempt %d failed: %s", req.request_id, work.attempts, exc)
         finally:
             self._in_flight[work.tier] -= 1
+            if not self._busy():
+                self._idle.set()
             self._wake.set()
             if self.metrics is not None:
                 self.metrics.set_circuit_state(self.breaker.state(time.monotonic()).value)
@@ -498,7 +504,9 @@ class ConsumerService:
         info = self.engine.model_info()
         req = work.request
         # Time spent before this consumer saw the request counts as queueing too.
-        waited_before = max(0.0, (utcnow() - req.created_at).total_seconds() * 1000.0 - queue_ms - processing_ms)
+        waited_before = max(
+            0.0, (utcnow() - req.created_at).total_seconds() * 1000.0 - queue_ms - processing_ms
+        )
         return ExplanationResult(
             request_id=req.request_id,
             status=status,
@@ -521,7 +529,9 @@ class ConsumerService:
             prompt_profile=req.prompt_profile,
             consumer_id=self.consumer_id,
             replay_of=req.replay_of,
-            request_offset=SourceOffset(topic=work.tp.topic, partition=work.tp.partition, offset=work.offset),
+            request_offset=SourceOffset(
+                topic=work.tp.topic, partition=work.tp.partition, offset=work.offset
+            ),
             attempts=max(1, work.attempts),
         )
 
@@ -565,7 +575,12 @@ class ConsumerService:
 
     # ------------------------------------------------------------------ DLQ
     async def _dead_letter(
-        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], exc: Exception, *, stage: str
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
+        exc: Exception,
+        *,
+        stage: str,
     ) -> None:
         headers = list(record.headers or ())
         headers += [
@@ -582,7 +597,9 @@ class ConsumerService:
         ]
         log.warning("record %s:%d@%d to DLQ: %s", tp.topic, tp.partition, record.offset, exc)
         if self._eos is not None:
-            await self._eos.add(tp, record.offset, self.settings.dlq_topic, record.key, record.value, headers)
+            await self._eos.add(
+                tp, record.offset, self.settings.dlq_topic, record.key, record.value, headers
+            )
         else:
             await self._send_reliably(self.settings.dlq_topic, record.key, record.value, headers)
             self.tracker.done(tp, record.offset)
@@ -619,7 +636,7 @@ class ConsumerService:
             return
         started = time.monotonic()
         try:
-            await consumer.commit(offsets)  # type: ignore[arg-type]
+            await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # A rebalance took the partitions; the new owner re-reads from the last commit.
             log.info("commit skipped during rebalance: %s", exc)
@@ -656,7 +673,11 @@ class ConsumerService:
         self._revoking -= revoked
         if self.metrics is not None:
             self.metrics.rebalance("revoked")
-        log.info("revoked %d partitions (%d buffered requests left for the next owner)", len(revoked), len(dropped))
+        log.info(
+            "revoked %d partitions (%d buffered requests left for the next owner)",
+            len(revoked),
+            len(dropped),
+        )
 
     # ------------------------------------------------------------------ observation
     async def _observe_loop(self) -> None:
@@ -706,7 +727,7 @@ class ConsumerService:
     # ------------------------------------------------------------------ ServiceControl
     def is_live(self) -> bool:
         """The process and its loops are running."""
-        return bool(self._loops) and not any(t.done() for t in self._loops[:3]) or self._stopping
+        return (bool(self._loops) and not any(t.done() for t in self._loops[:3])) or self._stopping
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Ready = model loaded, partitions assigned, breaker not open."""
@@ -769,8 +790,7 @@ class ConsumerService:
         """Drain: stop dispatching, let in-flight finish, swap the model, resume."""
         async with self._reloading:
             started = time.monotonic()
-            while self._busy():
-                await asyncio.sleep(0.02)
+            await self._idle.wait()
             await self.engine.reload(model_path)
         self._wake.set()
         info = self.engine.model_info()
@@ -821,9 +841,8 @@ def _cmd_consume(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``consume``."""
     p = subparsers.add_parser("consume", help="run the consumer service until SIGTERM")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_cmd_consume)
-

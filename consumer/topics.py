@@ -97,7 +97,7 @@ def settings_connection(settings: object) -> KafkaConnection:
     )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``topics create``."""
     p = subparsers.add_parser("topics", help="manage the service's topics")
     sub = p.add_subparsers(dest="topics_action", required=True)

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "PRIORITY_BY_TIER",
     "Engine",
     "GenerationRequest",
     "GenerationResult",
     "ModelInfo",
-    "PRIORITY_BY_TIER",
 ]
 
 #: Lower number = more urgent. The tier names are the topic suffixes.

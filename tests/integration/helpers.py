@@ -30,7 +30,9 @@ def make_request(i: int = 0, **overrides: Any) -> ExplanationRequest:
     return ExplanationRequest(**values)
 
 
-async def produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes | None]]) -> None:
+async def produce(
+    bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes | None]]
+) -> None:
     """Send (key, value) pairs in order and wait for every ack."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
@@ -43,7 +45,9 @@ async def produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, b
 
 async def produce_requests(bootstrap: str, topic: str, requests: list[ExplanationRequest]) -> None:
     """Encode and send requests keyed by request_id."""
-    await produce(bootstrap, topic, [(r.request_id.encode(), CODEC.encode_request(r)) for r in requests])
+    await produce(
+        bootstrap, topic, [(r.request_id.encode(), CODEC.encode_request(r)) for r in requests]
+    )
 
 
 async def collect(
@@ -94,7 +98,9 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
     """partition -> committed offset of ``group``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()

@@ -1,0 +1,55 @@
+# explainstream developer and CI entry points. `make test` is the README's test command.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CACHE ?= $(HOME)/.cache/explainstream
+LLAMA_CPP_VERSION := 0.3.36
+# llama.cpp is built for the CPU it runs on, so the cached wheel is keyed by its flags.
+CPU_KEY := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
+WHEELS := $(CACHE)/wheels/$(CPU_KEY)
+
+.PHONY: install llama-wheel prometheus kafka-jars lint test test-fast ci bench demo clean
+
+install: llama-wheel
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --find-links $(WHEELS) -e ".[consumer,dev]"
+
+llama-wheel:
+	@mkdir -p $(WHEELS)
+	@if ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+		echo "llama-cpp-python $(LLAMA_CPP_VERSION): cached wheel in $(WHEELS)"; \
+	else \
+		echo "building llama-cpp-python $(LLAMA_CPP_VERSION) (about 5-7 minutes on 2 cores) ..."; \
+		$(PY) -m pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
+	fi
+
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing Debian's prometheus (prometheus + promtool) ..."; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; }
+
+kafka-jars:
+	$(BIN)/python -c "from consumer.devbroker import fetch_jars, find_java; find_java(); print(fetch_jars())"
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy consumer producer_sdk schemas
+
+test:
+	$(BIN)/pytest -q -ra --durations=15
+
+test-fast:
+	$(BIN)/pytest -q -m "not llama and not prometheus"
+
+ci: install prometheus kafka-jars lint test
+
+bench:
+	$(BIN)/explainstream bench engine --engines llama,sequential --concurrency 1,8 --max-tokens 120
+
+demo:
+	$(BIN)/explainstream demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
