@@ -1,0 +1,53 @@
+"""The circuit breaker's state machine."""
+
+from __future__ import annotations
+
+from consumer.breaker import BreakerState, CircuitBreaker
+
+
+def make() -> CircuitBreaker:
+    return CircuitBreaker(window=10, failure_rate=0.5, min_calls=4, open_s=10.0, probes=2)
+
+
+def test_opens_on_failure_rate_after_min_calls() -> None:
+    b = make()
+    for _ in range(3):
+        assert b.allow(0)
+        b.record(False, 0)
+    assert b.state(0) is BreakerState.CLOSED  # below min_calls
+    b.record(False, 0)
+    assert b.state(0) is BreakerState.OPEN
+    assert not b.allow(1)
+
+
+def test_successes_keep_it_closed() -> None:
+    b = make()
+    for i in range(20):
+        b.record(i % 4 != 0, 0)  # one failure in four
+    assert b.state(0) is BreakerState.CLOSED
+
+
+def test_half_open_lets_probes_through_and_closes_on_success() -> None:
+    b = make()
+    for _ in range(4):
+        b.record(False, 0)
+    assert b.state(9.9) is BreakerState.OPEN
+    assert b.state(10.0) is BreakerState.HALF_OPEN
+    assert b.allow(10.0) and b.allow(10.0)
+    assert not b.allow(10.0)  # only two probes
+    b.record(True, 10.1)
+    assert b.state(10.1) is BreakerState.HALF_OPEN
+    b.record(True, 10.2)
+    assert b.state(10.2) is BreakerState.CLOSED
+    assert b.allow(10.3)
+
+
+def test_failed_probe_reopens() -> None:
+    b = make()
+    for _ in range(4):
+        b.record(False, 0)
+    assert b.allow(10.0)
+    b.record(False, 10.0)
+    assert b.state(10.0) is BreakerState.OPEN
+    assert b.state(19.9) is BreakerState.OPEN
+    assert b.state(20.0) is BreakerState.HALF_OPEN
