@@ -1,6 +1,7 @@
 """Avro schemas of explainstream and their codec: the contract shared by both sides."""
 
-from schemas.codec import Codec, EmbeddedRegistry, SchemaRegistry, load_schema
+from schemas.codec import Codec, EmbeddedRegistry, Limits, SchemaRegistry, load_schema
+from schemas.compat import check_full_compatibility
 from schemas.errors import DecodeError, EncodeError, ExplainstreamError, RegistryError
 from schemas.models import (
     AnalysisContext,
@@ -10,20 +11,24 @@ from schemas.models import (
     ResultStatus,
     SourceOffset,
 )
+from schemas.registry import ConfluentSchemaRegistry
 
 __all__ = [
     "AnalysisContext",
     "Codec",
+    "ConfluentSchemaRegistry",
     "DecodeError",
     "EmbeddedRegistry",
     "EncodeError",
     "ExplainstreamError",
     "ExplanationRequest",
     "ExplanationResult",
+    "Limits",
     "ModelInfoRecord",
     "RegistryError",
     "ResultStatus",
     "SchemaRegistry",
     "SourceOffset",
+    "check_full_compatibility",
     "load_schema",
 ]

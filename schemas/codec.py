@@ -1,8 +1,9 @@
 """Confluent-framed Avro codec: magic byte 0, 4-byte big-endian schema id, Avro binary.
 
 Schemas are parsed once at construction. Decoding treats the bytes as untrusted: framing,
-size and the schema id are checked before fastavro sees them, and every failure surfaces as
-:class:`~schemas.errors.DecodeError`.
+size and the schema id are checked, then a bounded walk (:mod:`schemas._guard`) validates
+every length, block count, union and enum index against the writer schema before fastavro
+allocates anything. Every failure surfaces as :class:`~schemas.errors.DecodeError`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 import fastavro
 import fastavro.validation
 
+from schemas._guard import AvroGuard, Limits
 from schemas.errors import DecodeError, EncodeError, RegistryError
 from schemas.models import ExplanationRequest, ExplanationResult
 
@@ -26,13 +28,15 @@ __all__ = [
     "MAX_RECORD_BYTES",
     "Codec",
     "EmbeddedRegistry",
+    "Limits",
     "SchemaRegistry",
     "load_schema",
 ]
 
 MAGIC_BYTE = 0
-#: Requests and results are small; anything larger is refused before decoding.
-MAX_RECORD_BYTES = 256 * 1024
+#: Requests and results are small; anything larger is refused before decoding (and on
+#: encode, so that nothing we write is refused on read). Kafka's default max is 1 MiB.
+MAX_RECORD_BYTES = 1000 * 1024
 _HEADER = struct.Struct(">bI")
 
 REQUEST_SUBJECT = "ExplanationRequest"
@@ -99,64 +103,110 @@ class EmbeddedRegistry:
 @dataclass
 class _Record:
     subject: str
+    raw: dict[str, Any]
     reader: Any
-    writer_id: int
+    writer_id: int | None = None
+
+
+@dataclass(frozen=True)
+class _Writer:
+    parsed: Any
+    guard: AvroGuard
 
 
 class Codec:
-    """Encode/decode requests and results with Confluent framing."""
+    """Encode/decode requests and results with Confluent framing.
 
-    def __init__(self, registry: SchemaRegistry | None = None) -> None:
+    ``registry`` defaults to the :class:`EmbeddedRegistry`; pass a
+    :class:`~schemas.registry.ConfluentSchemaRegistry` to use a server. The writer id of
+    our own schemas is looked up (registered) on the first encode, so a decode-only codec
+    never writes to the registry. ``limits`` bounds what one decoded record may declare.
+    """
+
+    def __init__(
+        self,
+        registry: SchemaRegistry | None = None,
+        *,
+        limits: Limits | None = None,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+    ) -> None:
         self.registry: SchemaRegistry = registry or EmbeddedRegistry()
+        self.limits = limits or Limits()
+        self.max_record_bytes = max_record_bytes
         self._records: dict[str, _Record] = {}
-        self._writers: dict[tuple[str, int], Any] = {}
+        self._writers: dict[tuple[str, int], _Writer] = {}
         for subject in (REQUEST_SUBJECT, RESULT_SUBJECT):
             raw = load_schema(subject)
-            parsed = fastavro.parse_schema(raw)
-            self._records[subject] = _Record(subject, parsed, self.registry.id_for(subject, raw))
+            self._records[subject] = _Record(subject, raw, fastavro.parse_schema(raw))
 
-    def _writer_schema(self, subject: str, schema_id: int) -> Any:
+    def writer_id(self, subject: str) -> int:
+        """Schema id our encoder writes for ``subject`` (looked up once)."""
+        rec = self._records[subject]
+        if rec.writer_id is None:
+            rec.writer_id = self.registry.id_for(subject, rec.raw)
+        return rec.writer_id
+
+    def _writer(self, subject: str, schema_id: int) -> _Writer:
         key = (subject, schema_id)
-        parsed = self._writers.get(key)
-        if parsed is None:
+        writer = self._writers.get(key)
+        if writer is None:
             try:
                 raw = self.registry.schema_for(schema_id)
             except RegistryError as exc:
-                raise DecodeError(str(exc)) from exc
-            if raw.get("name") != subject and raw.get("name") != subject.split(".")[-1]:
-                raise DecodeError(f"schema id {schema_id} is not a {subject}")
-            parsed = fastavro.parse_schema(dict(raw))
-            self._writers[key] = parsed
-        return parsed
+                raise DecodeError(str(exc), retriable=exc.retriable) from exc
+            name = str(raw.get("name", ""))
+            full = name if "." in name else f"{raw.get('namespace', '')}.{name}"
+            if name != subject and full != f"io.explainstream.{subject}":
+                raise DecodeError(f"schema id {schema_id} is {name!r}, not a {subject}")
+            try:
+                parsed = fastavro.parse_schema(dict(raw), named_schemas={})
+                writer = _Writer(parsed, AvroGuard(dict(raw), self.limits))
+            except DecodeError:
+                raise
+            except Exception as exc:
+                raise DecodeError(f"schema id {schema_id} does not parse: {exc}") from exc
+            if len(self._writers) < 1024:  # unknown ids must not grow the cache without end
+                self._writers[key] = writer
+        return writer
 
     def _encode(self, subject: str, record: dict[str, Any]) -> bytes:
         rec = self._records[subject]
         buf = io.BytesIO()
-        buf.write(_HEADER.pack(MAGIC_BYTE, rec.writer_id))
+        buf.write(_HEADER.pack(MAGIC_BYTE, self.writer_id(subject)))
         try:
             fastavro.schemaless_writer(buf, rec.reader, record)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise EncodeError(f"cannot encode {subject}: {exc}") from exc
-        return buf.getvalue()
+        data = buf.getvalue()
+        if len(data) > self.max_record_bytes:
+            raise EncodeError(
+                f"{subject} of {len(data)} bytes exceeds the {self.max_record_bytes} byte limit"
+            )
+        return data
 
     def _decode(self, subject: str, data: bytes | None) -> dict[str, Any]:
         if data is None:
             raise DecodeError("record has no value (tombstone)")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(f"expected bytes, got {type(data).__name__}")
+        data = bytes(data)
         if len(data) < _HEADER.size + 1:
             raise DecodeError(f"record of {len(data)} bytes is too short for Confluent framing")
-        if len(data) > MAX_RECORD_BYTES:
-            raise DecodeError(f"record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
+        if len(data) > self.max_record_bytes:
+            raise DecodeError(f"record of {len(data)} bytes exceeds {self.max_record_bytes}")
         magic, schema_id = _HEADER.unpack_from(data)
         if magic != MAGIC_BYTE:
             raise DecodeError(f"unknown magic byte {magic}")
-        writer = self._writer_schema(subject, schema_id)
-        body = io.BytesIO(memoryview(data)[_HEADER.size :])
+        writer = self._writer(subject, schema_id)
+        writer.guard.check(data, _HEADER.size)
+        body = io.BytesIO(data)
+        body.seek(_HEADER.size)
         try:
-            record = fastavro.schemaless_reader(body, writer, self._records[subject].reader)
+            record = fastavro.schemaless_reader(body, writer.parsed, self._records[subject].reader)
         except Exception as exc:  # fastavro raises many types on bad bytes
             raise DecodeError(f"invalid {subject} body: {type(exc).__name__}: {exc}") from exc
-        if body.tell() != len(data) - _HEADER.size:
-            raise DecodeError(f"{len(data) - _HEADER.size - body.tell()} trailing bytes")
+        if body.tell() != len(data):
+            raise DecodeError(f"{len(data) - body.tell()} trailing bytes")
         if not isinstance(record, dict):
             raise DecodeError(f"{subject} body is not a record")
         return record
@@ -171,7 +221,7 @@ class Codec:
         try:
             return ExplanationRequest.model_validate(record)
         except Exception as exc:
-            raise DecodeError(f"invalid ExplanationRequest: {exc}") from exc
+            raise DecodeError(f"invalid ExplanationRequest: {_first_error(exc)}") from exc
 
     def encode_result(self, result: ExplanationResult) -> bytes:
         """Frame and encode a result."""
@@ -180,9 +230,21 @@ class Codec:
         return self._encode(RESULT_SUBJECT, record)
 
     def decode_result(self, data: bytes | None) -> ExplanationResult:
-        """Decode bytes from a results topic."""
+        """Decode untrusted bytes into a result; DecodeError on any problem."""
         record = self._decode(RESULT_SUBJECT, data)
         try:
             return ExplanationResult.model_validate(record)
         except Exception as exc:
-            raise DecodeError(f"invalid ExplanationResult: {exc}") from exc
+            raise DecodeError(f"invalid ExplanationResult: {_first_error(exc)}") from exc
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return f"{where}: {first['msg']}"
+        except Exception:
+            pass
+    return str(exc)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
-    "DecodeError",
     "DeadlineExceeded",
+    "DecodeError",
     "EncodeError",
     "EngineError",
     "ExplainstreamError",

@@ -6,7 +6,7 @@ import math
 import struct
 import uuid
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -84,7 +84,7 @@ class ExplanationRequest(BaseModel):
     deadline: datetime | None = None
     context: AnalysisContext
     max_tokens: int = Field(default=200, ge=1, le=8192)
-    temperature: float = Field(default=0.1, ge=0.0, le=2.0)
+    temperature: float = Field(default=0.1, ge=0.0, le=2.0, validate_default=True)
     prompt_profile: str = Field(default="default", min_length=1, max_length=64)
     reply_to: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
     replay_of: str | None = None
@@ -110,7 +110,7 @@ class ExplanationRequest(BaseModel):
         return float32(value)
 
 
-class ResultStatus(str, Enum):
+class ResultStatus(StrEnum):
     """Outcome of a request."""
 
     OK = "OK"
