@@ -7,6 +7,7 @@ The old HTTP service's names are kept verbatim (``llama_*``); new series are
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import deque
@@ -331,6 +332,12 @@ class Metrics:
     def set_lag(self, topic: str, partition: int, tier: str, lag: int) -> None:
         """Group lag of one partition, in records."""
         self.lag.labels(topic=topic, partition=str(partition), priority=tier).set(lag)
+
+    def drop_lag(self, topic: str, partition: int) -> None:
+        """Forget a partition's lag series (call on revoke so stale values don't linger)."""
+        for tier in TIERS:
+            with contextlib.suppress(KeyError):
+                self.lag.remove(topic, str(partition), tier)
 
     def set_tier_lag_seconds(self, tier: str, seconds: float) -> None:
         """Estimated seconds of work in ``tier``'s lag (see :class:`LagSecondsEstimator`)."""

@@ -1,4 +1,3 @@
-# mypy: disallow-untyped-defs=False
 """`explainstream lag` against a real broker agrees with committed-vs-end read independently."""
 
 from __future__ import annotations

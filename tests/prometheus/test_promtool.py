@@ -1,4 +1,3 @@
-# mypy: disallow-untyped-defs=False
 """Rules and dashboard checked by Prometheus' own tool, and against the metrics we export.
 
 `promtool check rules`, `promtool test rules` (a unit test for every alert) and
@@ -15,7 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
-from promql import (
+
+from consumer.metrics import Metrics
+from tests.prometheus.promql import (
     PROM_CONFIG,
     RULES,
     RULES_TEST,
@@ -27,8 +28,6 @@ from promql import (
     metric_names,
     recording_rules,
 )
-
-from consumer.metrics import Metrics
 
 pytestmark = pytest.mark.prometheus
 

@@ -1,4 +1,3 @@
-# mypy: disallow-untyped-defs=False
 """HTTP surface: health, readiness tied to the breaker, status JSON, admin auth, metrics."""
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-# mypy: disallow-untyped-defs=False
 """Lag math: end - committed, with the documented choices for missing/out-of-range offsets."""
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-# mypy: disallow-untyped-defs=False
 """Metrics: names of the contract exist in a fresh registry and move when fed."""
 
 from __future__ import annotations
@@ -161,6 +160,22 @@ def test_reliability_and_kafka_series():
             m, "explainstream_model_info", model_name="smollm2", quantization="Q8_0", gpu_layers="0"
         )
         == 1
+    )
+
+
+def test_drop_lag_forgets_a_revoked_partition():
+    m = Metrics(CollectorRegistry())
+    m.set_lag("t", 0, "low", 3)
+    m.set_lag("t", 1, "low", 4)
+    m.drop_lag("t", 0)
+    m.drop_lag("t", 0)
+    assert (
+        value(m, "explainstream_consumer_lag_records", topic="t", partition="0", priority="low")
+        is None
+    )
+    assert (
+        value(m, "explainstream_consumer_lag_records", topic="t", partition="1", priority="low")
+        == 4
     )
 
 
