@@ -39,7 +39,8 @@ class KafkaConnection:
         if self.security_protocol.startswith("SASL"):
             if self.sasl_mechanism not in _MECHANISMS:
                 raise ConfigError(
-                    "KAFKA_SASL_MECHANISM", f"{self.sasl_mechanism!r} is not one of {sorted(_MECHANISMS)}"
+                    "KAFKA_SASL_MECHANISM",
+                    f"{self.sasl_mechanism!r} is not one of {sorted(_MECHANISMS)}",
                 )
             if self.sasl_mechanism != "OAUTHBEARER" and not (
                 self.sasl_username and self.sasl_password

@@ -14,6 +14,7 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "EngineError",
+    "ExplainTimeout",
     "ExplainstreamError",
     "KafkaUnavailable",
     "ModelLoadError",
@@ -80,3 +81,9 @@ class RequestRejected(ExplainstreamError):
 
 class DeadlineExceeded(ExplainstreamError):
     """The request's deadline passed before or during inference."""
+
+
+class ExplainTimeout(ExplainstreamError, TimeoutError):
+    """No result arrived within the caller's timeout (request/reply); a retry may succeed."""
+
+    retriable = True
