@@ -186,7 +186,9 @@ class ConsumerService:
         if s.delivery is Delivery.EXACTLY_ONCE:
             from consumer.eos import TransactionalPublisher
 
-            self._eos = TransactionalPublisher(conn, group_id=s.kafka_group_id)
+            self._eos = TransactionalPublisher(
+                conn, group_id=s.kafka_group_id, on_commit=self._commit_observed
+            )
         else:
             self._producer = AIOKafkaProducer(
                 **conn, acks="all", enable_idempotence=True, linger_ms=2
@@ -544,7 +546,7 @@ class ConsumerService:
             await self._eos.add(work.tp, work.offset, topic, key, value, headers)
         else:
             await self._send_reliably(topic, key, value, headers)
-            self.tracker.done(work.tp, work.offset)
+        self.tracker.done(work.tp, work.offset)
         self._counts[result.status.value] += 1
         if self.metrics is not None:
             self.metrics.request_finished(
@@ -602,7 +604,7 @@ class ConsumerService:
             )
         else:
             await self._send_reliably(self.settings.dlq_topic, record.key, record.value, headers)
-            self.tracker.done(tp, record.offset)
+        self.tracker.done(tp, record.offset)
         self._dlq_count += 1
         if self.metrics is not None:
             self.metrics.dlq_record(tp.topic, stage)
@@ -623,14 +625,14 @@ class ConsumerService:
         consumer = self._consumer
         if consumer is None or not tps:
             return
-        if self._eos is not None:
-            await self._eos.flush(self.tracker, tps)
-            return
         for tp in tps:
             if self.tracker.outstanding(tp) == 0 and tp in consumer.assignment():
                 # Past control records (transaction markers) the position is ahead.
                 with contextlib.suppress(Exception):
                     self.tracker.fetched_up_to(tp, await consumer.position(tp))
+        if self._eos is not None:
+            await self._eos.flush(self.tracker, tps)
+            return
         offsets = self.tracker.to_commit(tps)
         if not offsets:
             return
@@ -642,8 +644,11 @@ class ConsumerService:
             log.info("commit skipped during rebalance: %s", exc)
             return
         self.tracker.committed(offsets)
+        self._commit_observed(time.monotonic() - started)
+
+    def _commit_observed(self, seconds: float) -> None:
         if self.metrics is not None:
-            self.metrics.observe_commit_latency(time.monotonic() - started)
+            self.metrics.observe_commit_latency(seconds)
 
     # ------------------------------------------------------------------ rebalance
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -668,6 +673,8 @@ class ConsumerService:
             await asyncio.gather(*late, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self._commit(revoked)
+        if self._eos is not None:
+            await self._eos.release(revoked)
         self.tracker.forget(revoked)
         self._assigned -= revoked
         self._revoking -= revoked

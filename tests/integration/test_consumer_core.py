@@ -1,0 +1,382 @@
+"""Consumer core on the real broker: priority, backpressure, DLQ, offsets, breaker, rebalance."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from consumer.config import Settings
+from consumer.engines.base import GenerationRequest, GenerationResult
+from consumer.engines.fake import FakeEngine
+from consumer.service import ConsumerService
+from consumer.topics import all_topics, ensure_topics, settings_connection
+from schemas.errors import EngineError
+from schemas.models import ResultStatus
+from tests.integration.helpers import (
+    CODEC,
+    collect,
+    committed,
+    end_offsets,
+    make_request,
+    produce,
+    produce_requests,
+    results_by_id,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+async def _topics(settings: Settings) -> Settings:
+    await ensure_topics(
+        settings_connection(settings),
+        all_topics(settings.kafka_topic_prefix),
+        partitions=settings.kafka_partitions,
+    )
+    return settings
+
+
+async def _wait_committed(settings: Settings, tier: str, timeout_s: float = 30.0) -> None:
+    """Wait until the group's committed offsets reach the end offsets of a tier topic."""
+    topic = settings.request_topics()[tier]
+    deadline = time.monotonic() + timeout_s
+    boot = settings.kafka_bootstrap_servers
+    while time.monotonic() < deadline:
+        ends = await end_offsets(boot, topic)
+        got = await committed(boot, settings.kafka_group_id, topic)
+        if all(got.get(p) == e for p, e in ends.items()):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"committed {got} never reached end offsets {ends}")
+
+
+async def test_urgent_backlog_overtakes_low_backlog(make_settings: Callable[..., Settings]) -> None:
+    settings = await _topics(
+        make_settings(fake_latency_ms=20, max_concurrent_requests=4, max_queue_size=40)
+    )
+    boot = settings.kafka_bootstrap_servers
+    low = [make_request(i) for i in range(300)]
+    urgent = [make_request(1000 + i) for i in range(30)]
+    await produce_requests(boot, settings.request_topics()["low"], low)
+    await produce_requests(boot, settings.request_topics()["urgent"], urgent)
+    async with ConsumerService(settings):
+        results = await collect(boot, settings.results_topic, 330, timeout_s=120)
+    order = [r.request_id for r in results]
+    assert len(order) == 330 and len(set(order)) == 330
+    urgent_ids = {r.request_id for r in urgent}
+    last_urgent = max(i for i, rid in enumerate(order) if rid in urgent_ids)
+    lows_before = sum(1 for rid in order[:last_urgent] if rid not in urgent_ids)
+    assert lows_before < 100, f"{lows_before} low requests finished before the last urgent one"
+    assert all(r.status is ResultStatus.OK for r in results)
+
+
+async def test_low_requests_are_not_starved_by_a_steady_urgent_stream(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = await _topics(
+        make_settings(fake_latency_ms=40, max_concurrent_requests=2, max_queue_size=40, aging_s=0.3)
+    )
+    boot = settings.kafka_bootstrap_servers
+    low = [make_request(i) for i in range(10)]
+    await produce_requests(boot, settings.request_topics()["low"], low)
+    low_ids = {r.request_id for r in low}
+    stop = asyncio.Event()
+
+    async def urgent_stream() -> int:
+        sent = 0
+        while not stop.is_set():  # ~2x the service's capacity of 50 requests/s
+            await produce_requests(
+                boot, settings.request_topics()["urgent"], [make_request(i) for i in range(10)]
+            )
+            sent += 10
+            await asyncio.sleep(0.1)
+        return sent
+
+    async with ConsumerService(settings):
+        stream = asyncio.create_task(urgent_stream())
+        seen: set[str] = set()
+        consumer = AIOKafkaConsumer(
+            settings.results_topic, bootstrap_servers=boot, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        deadline = time.monotonic() + 60
+        try:
+            while not low_ids <= seen and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    seen.update(CODEC.decode_result(r.value).request_id for r in records)
+        finally:
+            await consumer.stop()
+        backlog_open = not stream.done()
+        stop.set()
+        await stream
+    assert low_ids <= seen, f"{len(low_ids - seen)} low requests starved"
+    assert backlog_open  # the urgent stream was still running when the last low finished
+
+
+async def test_poison_records_go_to_dlq_and_every_valid_request_gets_one_result(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = await _topics(make_settings(kafka_partitions=3, max_concurrent_requests=8))
+    boot = settings.kafka_bootstrap_servers
+    rng = random.Random(7)
+    valid = [make_request(i) for i in range(980)]
+    poison: list[tuple[bytes | None, bytes | None]] = [
+        (b"p0", b"not avro at all"),
+        (b"p1", b""),
+        (b"p2", b"\x00\x00\x00\x00\x63garbage"),  # unknown schema id 99
+        (b"p3", b"\x01\x00\x00\x00\x01abc"),  # wrong magic byte
+        (b"p4", None),  # tombstone
+        (b"p5", CODEC.encode_request(valid[0])[:-3]),  # truncated
+        (b"p6", CODEC.encode_request(valid[0]) + b"\x00"),  # trailing byte
+    ]
+    while len(poison) < 20:
+        blob = bytearray(CODEC.encode_request(make_request(len(poison))))
+        blob[5:] = bytes(rng.randrange(256) for _ in range(len(blob) - 5))
+        poison.append((f"p{len(poison)}".encode(), bytes(blob)))
+    records: list[tuple[bytes | None, bytes | None]] = [
+        (r.request_id.encode(), CODEC.encode_request(r)) for r in valid
+    ]
+    for i, p in enumerate(poison):
+        records.insert(25 + i * 49, p)
+    topic = settings.request_topics()["normal"]
+    await produce(boot, topic, records)
+    async with ConsumerService(settings):
+        results = await collect(boot, settings.results_topic, 980, timeout_s=120)
+        dlq = await collect(boot, settings.dlq_topic, 20, timeout_s=30, decode=None)
+        await _wait_committed(settings, "normal")
+    by_id = results_by_id(results)
+    assert set(by_id) == {r.request_id for r in valid}
+    assert all(len(v) == 1 for v in by_id.values())
+    # Some random mutations may still decode into valid requests: they are answered, not DLQ'd.
+    assert len(dlq) == 20
+    originals = {k: v for k, v in poison}
+    for record in dlq:
+        headers = dict(record.headers)
+        assert record.value == originals[record.key]
+        assert headers["dlq.original.topic"] == topic.encode()
+        assert int(headers["dlq.original.offset"]) >= 0
+        for name in (
+            "dlq.error.class",
+            "dlq.error.message",
+            "dlq.original.partition",
+            "dlq.original.timestamp",
+            "dlq.consumer.group",
+            "dlq.failed.at",
+            "dlq.stage",
+            "dlq.attempts",
+        ):
+            assert name in headers, name
+    assert await committed(boot, settings.kafka_group_id, topic) == await end_offsets(boot, topic)
+
+
+async def test_expired_and_rejected_requests_get_results(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    settings = await _topics(make_settings())
+    boot = settings.kafka_bootstrap_servers
+    expired = make_request(1, deadline=datetime.now(UTC) - timedelta(seconds=1))
+    unknown_profile = make_request(2, prompt_profile="no-such-profile")
+    too_long = make_request(3, max_tokens=settings.max_tokens_limit + 1)
+    ok = make_request(4)
+    await produce_requests(
+        boot, settings.request_topics()["high"], [expired, unknown_profile, too_long, ok]
+    )
+    async with ConsumerService(settings):
+        results = {r.request_id: r for r in await collect(boot, settings.results_topic, 4)}
+    assert results[expired.request_id].status is ResultStatus.EXPIRED
+    assert results[unknown_profile.request_id].status is ResultStatus.REJECTED
+    assert "prompt_profile" in (results[unknown_profile.request_id].error or "")
+    assert results[too_long.request_id].status is ResultStatus.REJECTED
+    assert results[ok.request_id].status is ResultStatus.OK
+
+
+async def test_reply_to_routes_the_result(make_settings: Callable[..., Settings]) -> None:
+    settings = await _topics(make_settings())
+    boot = settings.kafka_bootstrap_servers
+    reply = f"{settings.kafka_topic_prefix}.replies"
+    await ensure_topics(settings_connection(settings), [reply], partitions=1)
+    request = make_request(1, reply_to=reply)
+    await produce_requests(boot, settings.request_topics()["normal"], [request])
+    async with ConsumerService(settings):
+        results = await collect(boot, reply, 1)
+    assert results[0].request_id == request.request_id
+
+
+class _FlakyEngine(FakeEngine):
+    """A fake engine that fails every attempt while ``healthy`` is False."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.healthy = False
+        self.calls_while_open: list[float] = []
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        if not self.healthy:
+            await asyncio.sleep(0.01)
+            raise EngineError("GPU fell off the bus", retriable=True)
+        return await super().generate(request)
+
+
+async def test_open_breaker_pauses_intake_then_recovers(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = await _topics(
+        make_settings(
+            breaker_min_calls=3,
+            breaker_window=5,
+            breaker_open_s=1.0,
+            breaker_probes=1,
+            retry_attempts=50,
+            retry_backoff_ms=1,
+            max_queue_size=8,
+            max_concurrent_requests=2,
+        )
+    )
+    boot = settings.kafka_bootstrap_servers
+    engine = _FlakyEngine(settings)
+    requests = [make_request(i) for i in range(40)]
+    await produce_requests(boot, settings.request_topics()["normal"], requests)
+    async with ConsumerService(settings, engine=engine) as svc:
+        deadline = time.monotonic() + 20
+        while svc.breaker.state(time.monotonic()).value != "open" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert svc.readiness()[0] is False
+        assert svc.readiness()[1]["breaker_state"] == "open"
+        await asyncio.sleep(0.5)
+        # Intake is paused: at most the bounded buffer was taken, nothing answered as FAILED.
+        assert len(svc.scheduler) <= settings.max_queue_size + 100
+        assert svc.status()["results"]["FAILED"] == 0
+        engine.healthy = True
+        results = await collect(boot, settings.results_topic, 40, timeout_s=60)
+        assert svc.breaker.state(time.monotonic()).value == "closed"
+        assert svc.readiness()[0] is True
+    by_id = results_by_id(results)
+    assert len(by_id) == 40 and all(len(v) == 1 for v in by_id.values())
+    assert all(r.status is ResultStatus.OK for r in results)
+
+
+async def test_failed_after_retry_budget(make_settings: Callable[..., Settings]) -> None:
+    settings = await _topics(
+        make_settings(retry_attempts=2, retry_backoff_ms=1, breaker_min_calls=1000)
+    )
+    boot = settings.kafka_bootstrap_servers
+    engine = _FlakyEngine(settings)
+    request = make_request(1)
+    await produce_requests(boot, settings.request_topics()["normal"], [request])
+    async with ConsumerService(settings, engine=engine):
+        results = await collect(boot, settings.results_topic, 1)
+    assert results[0].status is ResultStatus.FAILED
+    assert results[0].attempts == 2
+    assert "GPU fell off the bus" in (results[0].error or "")
+
+
+async def test_rebalance_hands_over_without_loss_or_duplicates(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = await _topics(
+        make_settings(kafka_partitions=4, fake_latency_ms=50, max_concurrent_requests=4)
+    )
+    boot = settings.kafka_bootstrap_servers
+    requests = [make_request(i) for i in range(400)]
+    await produce_requests(boot, settings.request_topics()["normal"], requests)
+    async with ConsumerService(settings) as first:
+        await collect(boot, settings.results_topic, 50, timeout_s=60)
+        second_settings = settings.model_copy(update={"consumer_id": "second"})
+        async with ConsumerService(second_settings) as second:
+            results = await collect(boot, settings.results_topic, 400, timeout_s=120)
+            await _wait_committed(settings, "normal")
+            assert second._assigned and first._assigned  # both got partitions
+    by_id = results_by_id(results)
+    assert set(by_id) == {r.request_id for r in requests}
+    assert all(len(v) == 1 for v in by_id.values())
+    assert {r.consumer_id for r in results} >= {"second"}
+
+
+def _consume_process(settings: Settings) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
+            "KAFKA_GROUP_ID": settings.kafka_group_id,
+            "KAFKA_PARTITIONS": str(settings.kafka_partitions),
+            "ENGINE": "fake",
+            "FAKE_LATENCY_MS": str(settings.fake_latency_ms),
+            "MAX_CONCURRENT_REQUESTS": str(settings.max_concurrent_requests),
+            "DELIVERY": settings.delivery.value,
+            "HTTP_PORT": "0",
+            "METRICS_PORT": "0",
+            "PROMETHEUS_ENABLED": "false",
+            "COMMIT_INTERVAL_MS": "100",
+            "CONSUMER_ID": "subprocess",
+        }
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "consumer.cli", "consume"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def _drain_rest(settings: Settings, total: int) -> list:
+    boot = settings.kafka_bootstrap_servers
+    async with ConsumerService(settings.model_copy(update={"consumer_id": "successor"})):
+        return await collect(boot, settings.results_topic, total, timeout_s=120)
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+async def test_sigterm_drains_publishes_and_commits(
+    make_settings: Callable[..., Settings], delivery: str
+) -> None:
+    settings = await _topics(
+        make_settings(fake_latency_ms=20, max_concurrent_requests=4, delivery=delivery)
+    )
+    boot = settings.kafka_bootstrap_servers
+    requests = [make_request(i) for i in range(200)]
+    await produce_requests(boot, settings.request_topics()["normal"], requests)
+    proc = _consume_process(settings)
+    try:
+        await collect(boot, settings.results_topic, 30, timeout_s=60)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, proc.stderr.read().decode() if proc.stderr else ""
+    results = await _drain_rest(settings, 200)
+    by_id = results_by_id(results)
+    assert set(by_id) == {r.request_id for r in requests}
+    assert all(len(v) == 1 for v in by_id.values()), "a request was answered twice"
+    assert {r.consumer_id for r in results} == {"subprocess", "successor"}
+
+
+async def test_exactly_once_survives_a_crash(make_settings: Callable[..., Settings]) -> None:
+    settings = await _topics(
+        make_settings(fake_latency_ms=10, max_concurrent_requests=4, delivery="exactly-once")
+    )
+    boot = settings.kafka_bootstrap_servers
+    requests = [make_request(i) for i in range(300)]
+    await produce_requests(boot, settings.request_topics()["normal"], requests)
+    proc = _consume_process(settings)
+    try:
+        await collect(boot, settings.results_topic, 40, timeout_s=60)
+        proc.kill()  # no drain, open transaction left behind
+        await asyncio.to_thread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    results = await _drain_rest(settings, 300)
+    by_id = results_by_id(results)
+    assert set(by_id) == {r.request_id for r in requests}
+    assert all(len(v) == 1 for v in by_id.values()), "a duplicate result became visible"
