@@ -66,9 +66,7 @@ MIN_P = 0.05
 # Pure policy
 
 
-def choose_admissions(
-    free_slots: int, waiting: list[tuple[int, int, Any]], draining: bool
-) -> int:
+def choose_admissions(free_slots: int, waiting: list[tuple[int, int, Any]], draining: bool) -> int:
     """How many of the heap's best waiting entries to admit now."""
     if draining:
         return 0
@@ -117,6 +115,7 @@ class _Job:
     started: float = 0.0
     preemptions: int = 0
     stops: tuple[bytes, ...] = ()
+    trace: list[float] | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -159,6 +158,11 @@ class LlamaEngine:
         self._seq_budget = model_files.seq_budget(settings)
         self._model_path = model_files.resolve_model_path(settings.model_path)
         self._m: _Model | None = None
+        #: Extra llama_context_params fields (experiments, benchmarks).
+        self.context_overrides: dict[str, Any] = {}
+        #: When a dict, request_id -> (generated token ids, their log-probabilities) is
+        #: recorded for every completed request (tests measure numeric divergence with it).
+        self.token_trace: dict[str, tuple[list[int], list[float]]] | None = None
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = asyncio.Lock()
@@ -177,6 +181,9 @@ class LlamaEngine:
         self._c_preempted = 0
         self._c_reloads = 0
         self._busy_s = 0.0
+        self._decode_s = 0.0
+        self._sample_s = 0.0
+        self._logprob_s = 0.0
         self._tps_ema = 0.0
         self._busy_slots = 0
         self._waiting_n = 0
@@ -206,9 +213,7 @@ class LlamaEngine:
                 return
             self._m = await asyncio.to_thread(self._load, self._model_path)
             self._stopping = False
-            self._thread = threading.Thread(
-                target=self._run, name="llama-engine", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
             self._thread.start()
 
     async def stop(self) -> None:
@@ -295,6 +300,10 @@ class LlamaEngine:
             "prompt_tokens": self._c_prompt,
             "tokens_per_s": round(self._tps_ema, 2),
             "tokens_per_busy_s": self._c_generated / self._busy_s if self._busy_s else 0.0,
+            "decode_s": round(self._decode_s, 3),
+            "sample_s": round(self._sample_s, 3),
+            "logprob_s": round(self._logprob_s, 3),
+            "busy_s": round(self._busy_s, 3),
             "prefix_cache_hits": self._c_prefix_hits,
             "prefix_tokens_reused": self._c_prefix_tokens,
             "requests_completed": self._c_completed,
@@ -351,6 +360,8 @@ class LlamaEngine:
             params.type_v = model_files.ggml_type(self._settings.kv_cache_type)
             params.kv_unified = True
             params.no_perf = True
+            for key, value in self.context_overrides.items():
+                setattr(params, key, value)
             ctx = llama_cpp.llama_init_from_model(model, params)
             if not ctx:
                 raise ModelLoadError(
@@ -419,7 +430,7 @@ class LlamaEngine:
         i32p = ctypes.POINTER(ctypes.c_int32)
         base = self._b_seq.ctypes.data
         self._b_seq_ptrs = (i32p * n)(*(ctypes.cast(base + 4 * i, i32p) for i in range(n)))
-        b = llama_cpp.llama_batch()
+        b: Any = llama_cpp.llama_batch()
         b.n_tokens = 0
         b.token = self._b_token.ctypes.data_as(i32p)
         b.embd = None
@@ -601,6 +612,8 @@ class LlamaEngine:
                 job.stops = tuple(s.encode() for s in m.prompter.stop if s)
                 job.sampler = self._make_sampler(m, req)
                 job.started = now
+                if self.token_trace is not None:
+                    job.trace = []
         except ExplainstreamError as exc:
             self._resolve(job, None, exc)
             return False
@@ -636,7 +649,7 @@ class LlamaEngine:
 
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if req.ignore_eos and m.eog_ids:
-            arr = (llama_cpp.llama_logit_bias * len(m.eog_ids))()
+            arr: Any = (llama_cpp.llama_logit_bias * len(m.eog_ids))()
             for i, t in enumerate(m.eog_ids):
                 arr[i].token = t
                 arr[i].bias = -math.inf
@@ -716,7 +729,10 @@ class LlamaEngine:
             return
         # Act: one decode for everybody.
         self._batch.n_tokens = n
+        t1 = time.monotonic()
         rc = llama_cpp.llama_decode(m.ctx, self._batch)
+        t2 = time.monotonic()
+        self._decode_s += t2 - t1
         if rc != 0:
             err = EngineError(f"llama_decode failed ({rc}) with {n} tokens")
             for slot in self._slots:
@@ -730,8 +746,11 @@ class LlamaEngine:
         for i, slot in enumerate(active):
             assert slot.job is not None
             out_tok[i] = llama_cpp.llama_sampler_sample(slot.job.sampler, m.ctx, slot.out_idx)
+        t3 = time.monotonic()
         lps = self._logprobs(m, n_out)
         now = time.monotonic()
+        self._sample_s += t3 - t2
+        self._logprob_s += now - t3
         produced = 0
         for i, slot in enumerate(active):
             job = slot.job
@@ -745,8 +764,11 @@ class LlamaEngine:
                 continue
             job.generated.append(t)
             if lps is not None:
-                job.logprob_sum += float(lps[i])
+                lp = float(lps[i])
+                job.logprob_sum += lp
                 job.n_logprob += 1
+                if job.trace is not None:
+                    job.trace.append(lp)
             produced += 1
             piece = self._pieces.get(t)
             if piece is None:
@@ -755,9 +777,7 @@ class LlamaEngine:
             slot.last = t
             if job.stops and not req.ignore_eos and self._hit_stop(job, len(piece)):
                 self._complete_slot(slot, "stop", now)
-            elif len(job.generated) >= req.max_tokens:
-                self._complete_slot(slot, "length", now)
-            elif slot.n_past + 1 >= self._seq_budget:
+            elif len(job.generated) >= req.max_tokens or slot.n_past + 1 >= self._seq_budget:
                 self._complete_slot(slot, "length", now)
             elif req.deadline_monotonic is not None and now >= req.deadline_monotonic:
                 self._complete_slot(slot, "deadline", now)
@@ -868,6 +888,8 @@ class LlamaEngine:
             processing_time_ms=(now - job.started) * 1000.0,
         )
         self._c_completed += 1
+        if self.token_trace is not None and job.trace is not None:
+            self.token_trace[job.request.request_id] = (list(job.generated), job.trace)
         self._resolve(job, result, None)
 
     def _finish_error(self, slot: _Slot, err: BaseException) -> None:

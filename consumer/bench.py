@@ -1,0 +1,375 @@
+"""``explainstream bench engine``: the engines side by side on the same prompts.
+
+Every engine gets the same contexts, profiles, seeds and temperature, and generates exactly
+``--max-tokens`` tokens per request (end-of-generation is suppressed), so tokens/s compares
+equal work. At each concurrency level ``--requests`` requests are kept ``concurrency`` in
+flight at a time. Figures are printed, never asserted: benchmarks are not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from consumer.engines.base import Engine, GenerationRequest
+
+__all__ = [
+    "BENCH_CONTEXTS",
+    "EngineRun",
+    "format_table",
+    "percentile",
+    "ratios",
+    "register",
+    "run_engine_bench",
+    "summarize",
+]
+
+BENCH_CONTEXTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
+        "default",
+        {
+            "analysis_type": "sentiment",
+            "symbol": "AAPL",
+            "metrics": {"sentiment_score": 0.72, "current_price": 189.5, "iv_rank": 41.0},
+            "attributes": {"source": "news"},
+        },
+    ),
+    (
+        "options",
+        {
+            "analysis_type": "volatility",
+            "symbol": "TSLA",
+            "metrics": {"iv_rank": 88.0, "implied_volatility": 0.71, "put_call_ratio": 1.4},
+            "attributes": {"expiry": "2026-12-18"},
+        },
+    ),
+    (
+        "default",
+        {
+            "analysis_type": "momentum",
+            "symbol": "MSFT",
+            "metrics": {"rsi_14": 71.3, "current_price": 421.2, "return_20d": 0.084},
+            "attributes": {"timeframe": "daily"},
+        },
+    ),
+    (
+        "options",
+        {
+            "analysis_type": "skew",
+            "symbol": "SPY",
+            "metrics": {"skew_25d": -0.062, "iv_rank": 23.0, "open_interest": 1250000.0},
+            "attributes": {"tenor": "30d"},
+        },
+    ),
+    (
+        "default",
+        {
+            "analysis_type": "earnings",
+            "symbol": "NVDA",
+            "metrics": {"eps_surprise": 0.12, "revenue_growth": 0.94, "current_price": 131.4},
+            "attributes": {"quarter": "Q3"},
+        },
+    ),
+    (
+        "default",
+        {
+            "analysis_type": "credit",
+            "symbol": "F",
+            "metrics": {"spread_bps": 215.0, "leverage": 3.1, "interest_coverage": 4.2},
+            "attributes": {"rating": "BB+"},
+        },
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRun:
+    """One engine at one concurrency level."""
+
+    engine: str
+    concurrency: int
+    requests: int
+    failed: int
+    wall_s: float
+    completion_tokens: int
+    tokens_per_s: float
+    explanations_per_min: float
+    p50_latency_s: float
+    p95_latency_s: float
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    data = sorted(values)
+    k = (len(data) - 1) * q / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (k - lo)
+
+
+def summarize(
+    engine: str,
+    concurrency: int,
+    latencies_s: Sequence[float],
+    completion_tokens: int,
+    wall_s: float,
+    failed: int = 0,
+) -> EngineRun:
+    """Aggregate figures of one run."""
+    done = len(latencies_s)
+    return EngineRun(
+        engine=engine,
+        concurrency=concurrency,
+        requests=done + failed,
+        failed=failed,
+        wall_s=wall_s,
+        completion_tokens=completion_tokens,
+        tokens_per_s=completion_tokens / wall_s if wall_s > 0 else 0.0,
+        explanations_per_min=60.0 * done / wall_s if wall_s > 0 else 0.0,
+        p50_latency_s=percentile(latencies_s, 50),
+        p95_latency_s=percentile(latencies_s, 95),
+    )
+
+
+def ratios(
+    runs: Sequence[EngineRun], numerator: str = "llama", denominator: str = "sequential"
+) -> dict[int, float]:
+    """Aggregate tokens/s of ``numerator`` divided by ``denominator``, per concurrency."""
+    by = {(r.engine, r.concurrency): r for r in runs}
+    out: dict[int, float] = {}
+    for (engine, conc), run in by.items():
+        base = by.get((denominator, conc))
+        if engine == numerator and base is not None and base.tokens_per_s > 0:
+            out[conc] = run.tokens_per_s / base.tokens_per_s
+    return dict(sorted(out.items()))
+
+
+def format_table(runs: Sequence[EngineRun], ratio: dict[int, float]) -> str:
+    """Plain-text table of the runs, then the ratio per concurrency."""
+    head = (
+        f"{'engine':<12}{'conc':>6}{'reqs':>6}{'tokens/s':>11}{'expl/min':>10}"
+        f"{'p50 s':>9}{'p95 s':>9}{'failed':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        lines.append(
+            f"{r.engine:<12}{r.concurrency:>6}{r.requests:>6}{r.tokens_per_s:>11.1f}"
+            f"{r.explanations_per_min:>10.1f}{r.p50_latency_s:>9.2f}{r.p95_latency_s:>9.2f}"
+            f"{r.failed:>8}"
+        )
+    if ratio:
+        lines.append("")
+        lines.append("llama / sequential aggregate tokens/s:")
+        lines.extend(f"  concurrency {c:>3}: {v:.2f}x" for c, v in ratio.items())
+    return "\n".join(lines)
+
+
+class _Progress:
+    """A plain-text progress bar on stderr."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.label = ""
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = -1
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        pct = int(100 * self.done / self.total)
+        if not self._tty and pct // 10 == self._last // 10 and self.done < self.total:
+            return
+        self._last = pct
+        width = 30
+        fill = int(width * self.done / self.total)
+        bar = "#" * fill + "." * (width - fill)
+        end = "" if self._tty and self.done < self.total else "\n"
+        prefix = "\r" if self._tty else ""
+        self.stream.write(f"{prefix}[{bar}] {self.done}/{self.total} {self.label:<24}{end}")
+        self.stream.flush()
+
+
+def _request(i: int, max_tokens: int, temperature: float) -> GenerationRequest:
+    profile, context = BENCH_CONTEXTS[i % len(BENCH_CONTEXTS)]
+    return GenerationRequest(
+        request_id=f"bench-{i}",
+        context=context,
+        prompt_profile=profile,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=i,
+        ignore_eos=True,
+    )
+
+
+async def bench_one(
+    engine: Engine,
+    concurrency: int,
+    n_requests: int,
+    max_tokens: int,
+    temperature: float,
+    on_done: Callable[[], None] | None = None,
+) -> EngineRun:
+    """Run ``n_requests`` through ``engine`` with ``concurrency`` in flight."""
+    latencies: list[float] = []
+    tokens = 0
+    failed = 0
+    next_i = 0
+
+    async def worker() -> None:
+        nonlocal tokens, failed, next_i
+        while next_i < n_requests:
+            i = next_i
+            next_i += 1
+            t0 = time.perf_counter()
+            try:
+                result = await engine.generate(_request(i, max_tokens, temperature))
+            except Exception:
+                failed += 1
+            else:
+                latencies.append(time.perf_counter() - t0)
+                tokens += result.completion_tokens
+            if on_done is not None:
+                on_done()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    return summarize(engine.name, concurrency, latencies, tokens, wall, failed)
+
+
+async def run_engine_bench(
+    engines: Sequence[str],
+    concurrency: Sequence[int],
+    max_tokens: int,
+    requests: int | None,
+    temperature: float = 0.1,
+    settings_overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load every engine once, then run each concurrency level on each engine in turn."""
+    from consumer.config import Settings
+    from consumer.engines import create_engine
+
+    overrides = dict(settings_overrides or {})
+    overrides.setdefault("max_concurrent_requests", max(concurrency))
+    overrides.setdefault("max_queue_size", max(256, max(concurrency)))
+    overrides.setdefault("max_tokens_limit", max(1024, max_tokens))
+    plan = [(c, requests or max(8, 2 * c)) for c in concurrency]
+    loaded: list[Engine] = []
+    bar = _Progress(len(engines) * sum(n for _, n in plan)) if progress else None
+    try:
+        for name in engines:
+            engine = create_engine(Settings.from_env(engine=name, **overrides))
+            await engine.start()
+            await engine.warmup()
+            loaded.append(engine)
+        runs: list[EngineRun] = []
+        for c, n in plan:
+            for engine in loaded:
+                if bar is not None:
+                    bar.label = f"{engine.name} c={c}"
+                runs.append(
+                    await bench_one(
+                        engine, c, n, max_tokens, temperature, bar.advance if bar else None
+                    )
+                )
+        info = loaded[0].model_info() if loaded else None
+    finally:
+        for engine in loaded:
+            await engine.stop()
+    ratio = ratios(runs)
+    return {
+        "benchmark": "engine",
+        "model": None if info is None else asdict(info),
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "ignore_eos": True,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "runs": [asdict(r) for r in runs],
+        "ratio_llama_over_sequential": {str(k): round(v, 3) for k, v in ratio.items()},
+    }
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
+    return values
+
+
+def _engine_list(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [n for n in names if n not in {"llama", "sequential", "fake"}]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"engines are llama, sequential, fake; got {text!r}")
+    return names
+
+
+def _cmd_engine(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.model_path:
+        overrides["model_path"] = args.model_path
+    report = asyncio.run(
+        run_engine_bench(
+            args.engines,
+            args.concurrency,
+            args.max_tokens,
+            args.requests,
+            temperature=args.temperature,
+            settings_overrides=overrides,
+            progress=not args.no_progress,
+        )
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        from consumer.engines.base import ModelInfo
+
+        runs = [EngineRun(**r) for r in report["runs"]]
+        ratio = {int(k): v for k, v in report["ratio_llama_over_sequential"].items()}
+        model = report["model"]
+        if model:
+            mi = ModelInfo(**model)
+            print(f"model: {mi.model_name} ({mi.quantization}), {report['max_tokens']} tokens")
+        print(format_table(runs, ratio))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` with its ``engine`` subcommand."""
+    bench = subparsers.add_parser("bench", help="benchmarks (print figures)")
+    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    eng = sub.add_parser(
+        "engine", help="llama vs sequential engine: tokens/s, explanations/min, latency"
+    )
+    eng.add_argument("--engines", type=_engine_list, default=["llama", "sequential"])
+    eng.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8, 16])
+    eng.add_argument("--max-tokens", type=int, default=120)
+    eng.add_argument(
+        "--requests", type=int, default=None, help="per level (default: max(8, 2 x concurrency))"
+    )
+    eng.add_argument("--temperature", type=float, default=0.1)
+    eng.add_argument("--model-path", default=None, help="GGUF file (default: MODEL_PATH)")
+    eng.add_argument("--json", action="store_true", help="print one JSON object")
+    eng.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    eng.set_defaults(func=_cmd_engine)

@@ -1,0 +1,223 @@
+"""The ``sequential`` engine: the old service's design, kept as the benchmark baseline.
+
+One high-level ``llama_cpp.Llama`` runs ``create_chat_completion`` for one request at a time
+behind an asyncio lock (in a worker thread). It uses the same prompt profiles and context
+rendering as the ``llama`` engine. ``confidence_score`` is None: llama-cpp-python only
+returns logprobs with ``logits_all=True``, which computes full-vocabulary logits for every
+prompt token and would slow the baseline down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from consumer.config import Settings
+from consumer.engines import model as model_files
+from consumer.engines.base import GenerationRequest, GenerationResult, ModelInfo
+from consumer.engines.prompts import build_messages, list_profiles, system_prompt
+from schemas.errors import DeadlineExceeded, EngineError, ModelLoadError, RequestRejected
+
+__all__ = ["SequentialEngine"]
+
+
+class SequentialEngine:
+    """One request at a time through ``Llama.create_chat_completion``."""
+
+    name = "sequential"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._model_path = model_files.resolve_model_path(settings.model_path)
+        self._llm: Any = None
+        self._info: ModelInfo | None = None
+        self._eog: list[int] = []
+        self._lock = asyncio.Lock()
+        self._n_ctx = model_files.seq_budget(settings)
+        self._c_completed = 0
+        self._c_failed = 0
+        self._c_generated = 0
+        self._busy_s = 0.0
+        self._in_flight = 0
+        self._waiting = 0
+
+    @property
+    def slots(self) -> int:
+        """Concurrent generate calls accepted (they queue on the lock)."""
+        return self._settings.max_concurrent_requests
+
+    def model_info(self) -> ModelInfo:
+        """Identity of the loaded model."""
+        if self._info is None:
+            raise EngineError("sequential engine not started", retriable=False)
+        return self._info
+
+    async def start(self) -> None:
+        """Load the model (idempotent)."""
+        async with self._lock:
+            if self._llm is None:
+                self._llm, self._info, self._eog = await asyncio.to_thread(
+                    self._load, self._model_path
+                )
+
+    async def stop(self) -> None:
+        """Release the model."""
+        async with self._lock:
+            llm, self._llm = self._llm, None
+            if llm is not None:
+                await asyncio.to_thread(llm.close)
+
+    def _load(self, path: str) -> tuple[Any, ModelInfo, list[int]]:
+        model_files.validate_model_file(path)
+        from llama_cpp import Llama
+
+        s = self._settings
+        threads = s.n_threads or (os.cpu_count() or 1)
+        kv = model_files.ggml_type(s.kv_cache_type)
+        try:
+            llm = Llama(
+                model_path=path,
+                n_ctx=self._n_ctx,
+                n_batch=s.n_batch,
+                n_ubatch=s.n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=s.n_gpu_layers,
+                type_k=kv,
+                type_v=kv,
+                verbose=s.debug,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"failed to load model {path}: {exc}") from exc
+        meta = {str(k): str(v) for k, v in llm.metadata.items()}
+        info = model_files.model_info(meta, path, s, self._n_ctx)
+        import llama_cpp
+
+        vocab = llm._model.vocab
+        eog = [t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        return llm, info, eog
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Wait for the lock, then run one chat completion in a thread."""
+        system_prompt(request.prompt_profile)
+        if request.max_tokens > self._settings.max_tokens_limit:
+            raise RequestRejected(
+                f"max_tokens {request.max_tokens} exceeds the limit "
+                f"{self._settings.max_tokens_limit}"
+            )
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            if self._llm is None:
+                raise EngineError("sequential engine not started")
+            remaining = request.remaining_s()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"request {request.request_id} expired in queue")
+            self._in_flight = 1
+            return await asyncio.to_thread(self._run, self._llm, request)
+        finally:
+            self._in_flight = 0
+            self._lock.release()
+
+    def _run(self, llm: Any, request: GenerationRequest) -> GenerationResult:
+        from llama_cpp import LogitsProcessorList
+
+        messages = build_messages(request.prompt_profile, request.context)
+        deadline = request.deadline_monotonic
+        expired = False
+        processors = None
+        if deadline is not None:
+
+            def stop_at_deadline(_ids: Any, scores: Any) -> Any:
+                nonlocal expired
+                if time.monotonic() >= deadline:
+                    expired = True
+                    forced = np.full_like(scores, -np.inf)
+                    forced[self._eog[0] if self._eog else 0] = 0.0
+                    return forced
+                return scores
+
+            processors = LogitsProcessorList([stop_at_deadline])
+        bias = {t: -math.inf for t in self._eog} if request.ignore_eos else None
+        t0 = time.monotonic()
+        try:
+            out = llm.create_chat_completion(
+                messages=messages,
+                max_tokens=request.max_tokens,
+                temperature=max(request.temperature, 0.0),
+                top_k=40,
+                top_p=0.95,
+                min_p=0.05,
+                seed=request.seed,
+                logit_bias=bias,
+                logits_processor=processors,
+            )
+        except Exception as exc:
+            self._c_failed += 1
+            raise EngineError(f"generation failed: {exc}") from exc
+        dt = time.monotonic() - t0
+        usage = out["usage"]
+        choice = out["choices"][0]
+        text = (choice["message"].get("content") or "").strip()
+        reason = "deadline" if expired else (choice.get("finish_reason") or "stop")
+        if expired and not usage["completion_tokens"]:
+            raise DeadlineExceeded(f"request {request.request_id} hit its deadline")
+        self._c_completed += 1
+        self._c_generated += usage["completion_tokens"]
+        self._busy_s += dt
+        return GenerationResult(
+            text=text,
+            prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"],
+            finish_reason=reason,
+            confidence_score=None,
+            processing_time_ms=dt * 1000.0,
+        )
+
+    async def warmup(self) -> None:
+        """One tiny completion per profile."""
+        for p in list_profiles():
+            await self.generate(
+                GenerationRequest(
+                    request_id=f"warmup-{p}",
+                    context={"analysis_type": "warmup", "metrics": {"x": 1.0}},
+                    prompt_profile=p,
+                    max_tokens=4,
+                    temperature=0.0,
+                )
+            )
+
+    async def reload(self, model_path: str | None = None) -> None:
+        """Wait for the running request, swap the model; queued requests keep waiting."""
+        path = model_files.resolve_model_path(model_path or self._model_path)
+        model_files.validate_model_file(path)
+        async with self._lock:
+            loaded = await asyncio.to_thread(self._load, path)
+            old, (self._llm, self._info, self._eog) = self._llm, loaded
+            self._model_path = path
+            if old is not None:
+                await asyncio.to_thread(old.close)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /status and /admin/stats."""
+        return {
+            "engine": self.name,
+            "slots": self.slots,
+            "slots_busy": self._in_flight,
+            "slots_free": self.slots - self._in_flight,
+            "waiting": self._waiting,
+            "tokens_generated": self._c_generated,
+            "tokens_per_busy_s": self._c_generated / self._busy_s if self._busy_s else 0.0,
+            "requests_completed": self._c_completed,
+            "requests_failed": self._c_failed,
+            "n_ctx": self._n_ctx,
+            "model_path": self._model_path,
+        }
