@@ -116,3 +116,14 @@ def results_by_id(results: list[ExplanationResult]) -> dict[str, list[Explanatio
     for r in results:
         out.setdefault(r.request_id, []).append(r)
     return out
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Poll ``predicate`` (a state owned by another task) until true, or fail after timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.02)

@@ -30,6 +30,7 @@ from tests.integration.helpers import (
     produce,
     produce_requests,
     results_by_id,
+    wait_until,
 )
 
 pytestmark = pytest.mark.kafka
@@ -247,12 +248,12 @@ async def test_open_breaker_pauses_intake_then_recovers(
     requests = [make_request(i) for i in range(40)]
     await produce_requests(boot, settings.request_topics()["normal"], requests)
     async with ConsumerService(settings, engine=engine) as svc:
-        deadline = time.monotonic() + 20
-        while svc.breaker.state(time.monotonic()).value != "open" and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: svc.breaker.state(time.monotonic()).value == "open")
         assert svc.readiness()[0] is False
         assert svc.readiness()[1]["breaker_state"] == "open"
-        await asyncio.sleep(0.5)
+        normal = {tp for tp in svc._assigned if tp.topic == settings.request_topics()["normal"]}
+        assert svc._consumer is not None
+        await wait_until(lambda: normal <= svc._consumer.paused())  # type: ignore[union-attr]
         # Intake is paused: at most the bounded buffer was taken, nothing answered as FAILED.
         assert len(svc.scheduler) <= settings.max_queue_size + 100
         assert svc.status()["results"]["FAILED"] == 0
