@@ -139,25 +139,33 @@ async def test_results_reader_reads_to_the_end_and_stops(
     seen = [r.request_id async for r in reader]
     assert seen == expected
     async with ResultsReader(
-        conn, topic_prefix=topics.kafka_topic_prefix, from_beginning=True, max_results=2,
+        conn,
+        topic_prefix=topics.kafka_topic_prefix,
+        from_beginning=True,
+        max_results=2,
         group_id=f"{topics.kafka_topic_prefix}-downstream",
     ) as grouped:
         assert [r.request_id async for r in grouped] == expected[:2]
 
 
-def test_sync_wrappers(make_settings: Callable[..., Settings], kafka_bootstrap: str) -> None:
-    settings = make_settings()
-    conn = settings_connection(settings)
-    prefix = settings.kafka_topic_prefix
-    from consumer.topics import all_topics, ensure_topics
+async def test_sync_wrappers(topics: Settings) -> None:
+    conn = settings_connection(topics)
+    prefix = topics.kafka_topic_prefix
 
-    asyncio.run(ensure_topics(conn, all_topics(prefix), partitions=1))
-    with SyncExplanationProducer(conn, topic_prefix=prefix) as producer:
-        ids = producer.submit_many([CONTEXT, CONTEXT], priority="high")
-        ids.append(producer.submit(CONTEXT, priority="high"))
-    records = asyncio.run(read_all(conn, f"{prefix}.requests.high", 3))
+    def produce_blocking() -> list[str]:
+        with SyncExplanationProducer(conn, topic_prefix=prefix) as producer:
+            ids = producer.submit_many([CONTEXT, CONTEXT], priority="high")
+            ids.append(producer.submit(CONTEXT, priority="high"))
+        return ids
+
+    def explain_blocking() -> None:
+        with (
+            SyncExplanationClient(conn, topic_prefix=prefix) as client,
+            pytest.raises(ExplainTimeout),
+        ):
+            client.explain(CONTEXT, timeout_s=0.5)
+
+    ids = await asyncio.to_thread(produce_blocking)
+    records = await read_all(conn, f"{prefix}.requests.high", 3)
     assert [r.key.decode() for r in records] == ids
-    with SyncExplanationClient(conn, topic_prefix=prefix) as client, pytest.raises(
-        ExplainTimeout
-    ):
-        client.explain(CONTEXT, timeout_s=0.5)
+    await asyncio.to_thread(explain_blocking)
