@@ -680,6 +680,8 @@ class ConsumerService:
         self._revoking -= revoked
         if self.metrics is not None:
             self.metrics.rebalance("revoked")
+            for tp in revoked:
+                self.metrics.drop_lag(tp.topic, tp.partition)
         log.info(
             "revoked %d partitions (%d buffered requests left for the next owner)",
             len(revoked),
