@@ -160,7 +160,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0 if seen == args.count else 1
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``demo``."""
     p = subparsers.add_parser("demo", help="run the whole pipeline locally on embedded defaults")
     p.add_argument("--count", type=int, default=8, help="sample requests to publish")
