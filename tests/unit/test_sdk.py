@@ -155,7 +155,7 @@ async def test_not_started_producer_says_so() -> None:
 
 def test_unclosed_client_warns() -> None:
     producer = ExplanationProducer(NOWHERE)
-    producer._producer = object()  # type: ignore[assignment]  # as if started
+    producer._producer = object()  # as if started
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         del producer
