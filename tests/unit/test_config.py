@@ -1,0 +1,65 @@
+"""Bad configuration fails at start with one line naming the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from consumer.config import Delivery, EngineKind, Settings
+from schemas.errors import ConfigError
+
+
+def test_defaults_match_the_contract() -> None:
+    s = Settings.from_env({})
+    assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert s.kafka_topic_prefix == "explain"
+    assert s.http_port == 8000 and s.metrics_port == 9090
+    assert s.engine is EngineKind.LLAMA and s.delivery is Delivery.AT_LEAST_ONCE
+    assert s.request_topics()["urgent"] == "explain.requests.urgent"
+    assert s.results_topic == "explain.results" and s.dlq_topic == "explain.dlq"
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"MAX_CONCURRENT_REQUESTS": "zero"}, "MAX_CONCURRENT_REQUESTS"),
+        ({"MAX_CONCURRENT_REQUESTS": "0"}, "MAX_CONCURRENT_REQUESTS"),
+        ({"HTTP_PORT": "70000"}, "HTTP_PORT"),
+        ({"ENGINE": "gpt"}, "ENGINE"),
+        ({"DELIVERY": "maybe-once"}, "DELIVERY"),
+        ({"PROMETHEUS_ENABLED": "perhaps"}, "PROMETHEUS_ENABLED"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_MECHANISM"),
+        ({"MODEL_PATH": "/no/such/model.gguf"}, "MODEL_PATH"),
+        ({"MAX_QUEUE_SIZE": "4", "MAX_CONCURRENT_REQUESTS": "8"}, "MAX_QUEUE_SIZE"),
+        ({"KAFKA_TOPIC_PREFIX": "bad prefix"}, "KAFKA_TOPIC_PREFIX"),
+        ({"REQUEST_TIMEOUT": "-1"}, "REQUEST_TIMEOUT"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert str(info.value).startswith(f"{variable}:")
+    assert info.value.variable == variable
+
+
+def test_env_values_are_parsed() -> None:
+    s = Settings.from_env(
+        {"MAX_CONCURRENT_REQUESTS": "16", "PROMETHEUS_ENABLED": "false", "ENGINE": "fake"}
+    )
+    assert s.max_concurrent_requests == 16 and s.prometheus_enabled is False
+    assert s.engine is EngineKind.FAKE
+
+
+def test_consume_with_bad_config_exits_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "consumer.cli", "consume"],
+        env={"MAX_CONCURRENT_REQUESTS": "lots", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MAX_CONCURRENT_REQUESTS" in lines[0]
