@@ -340,7 +340,14 @@ class DevBroker:
             ]
             if not (ndir / "data" / "meta.properties").exists():
                 fmt = subprocess.run(
-                    [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                    [
+                        *jvm,
+                        "kafka.tools.StorageTool",
+                        "format",
+                        f"--cluster-id={cluster_id}",
+                        "-c",
+                        str(props),
+                    ],
                     capture_output=True,
                     text=True,
                     check=False,
@@ -417,7 +424,11 @@ def _cluster_id() -> str:
     # KRaft cluster ids are base64url-encoded 16-byte UUIDs without padding.
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # Like Kafka's Uuid.randomUuid: never start with "-", which CLIs read as an option.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _cmd(args: argparse.Namespace) -> int:
