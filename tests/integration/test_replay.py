@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -144,4 +143,3 @@ async def test_replay_cli(topics: Settings) -> None:
     bad = await cli(topics, "replay", "--since", "yesterday", "--until", until.isoformat())
     assert bad.returncode != 0
     assert "--since 'yesterday' is not an ISO-8601 instant" in bad.stderr
-    assert json.dumps(CONTEXT)

@@ -1,4 +1,4 @@
-"""The producer SDK without a broker: public names, validation, deadlines, trace context, lifecycle."""
+"""The producer SDK without a broker: exported names, validation, deadlines, tracing, lifecycle."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ async def test_unreachable_cluster_is_kafka_unavailable() -> None:
         ExplanationClient(NOWHERE),
         ResultsReader(NOWHERE),
     ):
-        with pytest.raises(KafkaUnavailable, match="127.0.0.1:9"):
+        with pytest.raises(KafkaUnavailable, match=r"127\.0\.0\.1:9"):
             async with client:
                 pass
 
