@@ -111,8 +111,12 @@ def test_three_node_cluster_replicates(tmp_path: Path) -> None:
         await admin.start()
         try:
             await admin.create_topics([NewTopic("replicated", 1, 3)])
-            desc = await admin.describe_topics(["replicated"])
-            return list(desc[0]["partitions"][0]["replicas"])
+            for _ in range(100):  # metadata propagates to every node asynchronously
+                desc = await admin.describe_topics(["replicated"])
+                if desc[0]["partitions"]:
+                    return list(desc[0]["partitions"][0]["replicas"])
+                await asyncio.sleep(0.1)
+            raise AssertionError("topic metadata never appeared")
         finally:
             await admin.close()
 
