@@ -288,13 +288,13 @@ async def test_rebalance_hands_over_without_loss_or_duplicates(
         make_settings(kafka_partitions=4, fake_latency_ms=50, max_concurrent_requests=4)
     )
     boot = settings.kafka_bootstrap_servers
-    requests = [make_request(i) for i in range(400)]
+    requests = [make_request(i) for i in range(800)]  # ~10 s of work for one consumer
     await produce_requests(boot, settings.request_topics()["normal"], requests)
     async with ConsumerService(settings) as first:
-        await collect(boot, settings.results_topic, 50, timeout_s=60)
+        await collect(boot, settings.results_topic, 20, timeout_s=60)
         second_settings = settings.model_copy(update={"consumer_id": "second"})
         async with ConsumerService(second_settings) as second:
-            results = await collect(boot, settings.results_topic, 400, timeout_s=120)
+            results = await collect(boot, settings.results_topic, 800, timeout_s=120)
             await _wait_committed(settings, "normal")
             assert second._assigned and first._assigned  # both got partitions
     by_id = results_by_id(results)
