@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -369,6 +370,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add ``gateway``."""
     p = subparsers.add_parser("gateway", help="HTTP bridge with the old POST /explain API")
     p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("HTTP_PORT", "8000") or 8000),
+        help="default HTTP_PORT or 8000; 0 picks a free port (printed)",
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (504 after)")
     p.set_defaults(func=_cmd)
