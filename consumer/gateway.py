@@ -32,6 +32,7 @@ from producer_sdk._requests import TIERS, topic_prefix_from_env
 from producer_sdk.client import ExplanationClient
 from producer_sdk.connection import KafkaConnection
 from schemas.errors import (
+    ConfigError,
     ExplainstreamError,
     ExplainTimeout,
     KafkaUnavailable,
@@ -359,11 +360,20 @@ def _cmd(args: argparse.Namespace) -> int:
             KafkaConnection.from_env(),
             topic_prefix_from_env(),
             host=args.host,
-            port=args.port,
+            port=_port(args.port),
             timeout_s=args.timeout,
         )
     )
     return 0
+
+
+def _port(given: int | None) -> int:
+    if given is not None:
+        return given
+    raw = os.environ.get("HTTP_PORT", "8000")
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ConfigError("HTTP_PORT", f"expected a port number, got {raw!r}")
+    return int(raw)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
@@ -373,7 +383,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("HTTP_PORT", "8000") or 8000),
+        default=None,
         help="default HTTP_PORT or 8000; 0 picks a free port (printed)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (504 after)")
