@@ -40,6 +40,7 @@ from consumer.breaker import BreakerState, CircuitBreaker
 from consumer.config import TIERS, Delivery, Settings
 from consumer.engines import create_engine
 from consumer.engines.base import Engine, GenerationRequest, GenerationResult
+from consumer.engines.prompts import list_profiles
 from consumer.offsets import OffsetTracker
 from consumer.scheduler import Buffered, TierScheduler
 from consumer.topics import settings_connection
@@ -68,8 +69,6 @@ if TYPE_CHECKING:
 __all__ = ["ConsumerService", "Work", "register"]
 
 log = logging.getLogger("explainstream.consumer")
-
-_PROFILES_FALLBACK = ("default", "options")
 
 
 @dataclass(slots=True)
@@ -403,7 +402,7 @@ class ConsumerService:
 
     # ------------------------------------------------------------------ one request
     def _reject_reason(self, request: ExplanationRequest) -> str | None:
-        profiles = getattr(self.engine, "profiles", _PROFILES_FALLBACK)
+        profiles = list_profiles()
         if request.prompt_profile not in profiles:
             return (
                 f"unknown prompt_profile {request.prompt_profile!r} (known: {', '.join(profiles)})"

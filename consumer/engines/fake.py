@@ -15,11 +15,10 @@ from typing import Any
 
 from consumer.config import Settings
 from consumer.engines.base import GenerationRequest, GenerationResult, ModelInfo
+from consumer.engines.prompts import list_profiles
 from schemas.errors import DeadlineExceeded, EngineError
 
 __all__ = ["FakeEngine"]
-
-_KNOWN_PROFILES = ("default", "options")
 
 
 class FakeEngine:
@@ -47,7 +46,7 @@ class FakeEngine:
     @property
     def profiles(self) -> tuple[str, ...]:
         """Prompt profiles this engine knows."""
-        return _KNOWN_PROFILES
+        return tuple(list_profiles())
 
     def model_info(self) -> ModelInfo:
         """A stable fake identity."""
