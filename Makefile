@@ -33,8 +33,8 @@ kafka-jars:
 	$(BIN)/python -c "from consumer.devbroker import fetch_jars, find_java; find_java(); print(fetch_jars())"
 
 lint:
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check consumer producer_sdk schemas tests
+	$(BIN)/ruff format --check consumer producer_sdk schemas tests
 	$(BIN)/mypy consumer producer_sdk schemas
 
 test:
