@@ -41,7 +41,7 @@ import numpy as np
 from consumer.config import Settings
 from consumer.engines import model as model_files
 from consumer.engines.base import GenerationRequest, GenerationResult, ModelInfo
-from consumer.engines.prompts import ChatPrompter, list_profiles, system_prompt
+from consumer.engines.prompts import ChatPrompter, EncodedPrompt, list_profiles, system_prompt
 from schemas.errors import (
     DeadlineExceeded,
     EngineError,
@@ -283,6 +283,16 @@ class LlamaEngine:
         self._inbox.put(("reload", (path, done, loop)))
         await done
 
+    def render_prompt(self, profile: str, context: dict[str, Any]) -> tuple[str, EncodedPrompt]:
+        """The prompt text and token ids a request would get (debugging, tests).
+
+        Uses the loaded model's tokenizer; do not call it while a reload is in progress.
+        """
+        m = self._m
+        if m is None:
+            raise EngineError("llama engine not started", retriable=False)
+        return m.prompter.render(profile, context), m.prompter.encode(profile, context)
+
     def stats(self) -> dict[str, Any]:
         """Counters for /status and /admin/stats."""
         steps = self._c_steps
@@ -354,6 +364,9 @@ class LlamaEngine:
             params.n_batch = self._n_batch
             params.n_ubatch = self._n_batch
             params.n_seq_max = self._n_slots + (len(prefixes) if use_prefix else 0)
+            # llama.cpp reserves logits rows for max(outputs, n_seq_max) and asserts that
+            # this fits n_outputs_max (which defaults to n_batch).
+            params.n_outputs_max = max(self._n_batch, params.n_seq_max)
             params.n_threads = self._n_threads
             params.n_threads_batch = self._n_threads
             params.type_k = model_files.ggml_type(self._settings.kv_cache_type)

@@ -10,7 +10,6 @@ prompt token and would slow the baseline down.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from typing import Any
@@ -133,20 +132,24 @@ class SequentialEngine:
         messages = build_messages(request.prompt_profile, request.context)
         deadline = request.deadline_monotonic
         expired = False
-        processors = None
-        if deadline is not None:
+        eog = np.asarray(self._eog, dtype=np.intp)
+        eos = llm.token_eos()
 
-            def stop_at_deadline(_ids: Any, scores: Any) -> Any:
-                nonlocal expired
-                if time.monotonic() >= deadline:
-                    expired = True
-                    forced = np.full_like(scores, -np.inf)
-                    forced[self._eog[0] if self._eog else 0] = 0.0
-                    return forced
-                return scores
+        # One processor for both: llama-cpp-python applies its own logit_bias after ours,
+        # which would undo the forced end-of-generation at the deadline.
+        def process(_ids: Any, scores: Any) -> Any:
+            nonlocal expired
+            if deadline is not None and time.monotonic() >= deadline:
+                expired = True
+                scores[:] = -np.inf
+                scores[eos] = 0.0
+            elif request.ignore_eos:
+                scores[eog] = -np.inf
+            return scores
 
-            processors = LogitsProcessorList([stop_at_deadline])
-        bias = {t: -math.inf for t in self._eog} if request.ignore_eos else None
+        processors = (
+            LogitsProcessorList([process]) if deadline is not None or request.ignore_eos else None
+        )
         t0 = time.monotonic()
         try:
             out = llm.create_chat_completion(
@@ -157,7 +160,6 @@ class SequentialEngine:
                 top_p=0.95,
                 min_p=0.05,
                 seed=request.seed,
-                logit_bias=bias,
                 logits_processor=processors,
             )
         except Exception as exc:
