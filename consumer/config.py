@@ -15,6 +15,7 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from producer_sdk.connection import KafkaConnection
 from schemas.errors import ConfigError
 
 __all__ = ["TIERS", "Delivery", "EngineKind", "Settings"]
@@ -153,6 +154,18 @@ class Settings(BaseModel):
             raise ConfigError("MAX_QUEUE_SIZE", "must be at least MAX_CONCURRENT_REQUESTS")
         if self.model_path is not None and not os.path.isfile(self.model_path):
             raise ConfigError("MODEL_PATH", f"no such file {self.model_path!r}")
+
+    def kafka_connection(self, client_id: str = "explainstream") -> KafkaConnection:
+        """Connection settings (bootstrap, SASL/TLS) for any Kafka client of the service."""
+        return KafkaConnection(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+            client_id=client_id,
+        )
 
     def topic(self, suffix: str) -> str:
         """Full topic name for ``requests.<tier>``, ``results`` or ``dlq``."""

@@ -26,7 +26,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from producer_sdk.connection import KafkaConnection
 from schemas.errors import ConfigError, KafkaUnavailable
 
 __all__ = [
@@ -170,15 +169,10 @@ async def fetch_lag(
 
 
 def _client_kwargs(settings: Any) -> dict[str, Any]:
-    return KafkaConnection(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        security_protocol=settings.kafka_security_protocol,
-        sasl_mechanism=settings.kafka_sasl_mechanism,
-        sasl_username=settings.kafka_sasl_username,
-        sasl_password=settings.kafka_sasl_password,
-        ssl_cafile=settings.kafka_ssl_cafile,
-        client_id="explainstream-lag",
+    kwargs: dict[str, Any] = settings.kafka_connection(
+        client_id="explainstream-lag"
     ).aiokafka_kwargs()
+    return kwargs
 
 
 async def fetch_lag_for_settings(settings: Any, *, timeout_s: float = 30.0) -> LagReport:

@@ -8,6 +8,7 @@ import asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from consumer.config import Settings
 from producer_sdk.connection import KafkaConnection
 from schemas.errors import KafkaUnavailable
 
@@ -64,8 +65,6 @@ async def _wait_for_metadata(admin: AIOKafkaAdminClient, names: list[str]) -> No
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from consumer.config import Settings
-
     settings = Settings.from_env()
     conn = settings_connection(settings)
     names = all_topics(settings.kafka_topic_prefix)
@@ -82,19 +81,9 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def settings_connection(settings: object) -> KafkaConnection:
+def settings_connection(settings: Settings) -> KafkaConnection:
     """KafkaConnection from a consumer Settings object."""
-    from consumer.config import Settings
-
-    assert isinstance(settings, Settings)
-    return KafkaConnection(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        security_protocol=settings.kafka_security_protocol,
-        sasl_mechanism=settings.kafka_sasl_mechanism,
-        sasl_username=settings.kafka_sasl_username,
-        sasl_password=settings.kafka_sasl_password,
-        ssl_cafile=settings.kafka_ssl_cafile,
-    )
+    return settings.kafka_connection()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
