@@ -214,6 +214,14 @@ def _request(i: int, max_tokens: int, temperature: float) -> GenerationRequest:
     )
 
 
+@dataclass(slots=True)
+class _Sample:
+    latencies_s: list[float]
+    completion_tokens: int = 0
+    wall_s: float = 0.0
+    failed: int = 0
+
+
 async def bench_one(
     engine: Engine,
     concurrency: int,
@@ -221,15 +229,17 @@ async def bench_one(
     max_tokens: int,
     temperature: float,
     on_done: Callable[[], None] | None = None,
+    sample: _Sample | None = None,
 ) -> EngineRun:
-    """Run ``n_requests`` through ``engine`` with ``concurrency`` in flight."""
-    latencies: list[float] = []
-    tokens = 0
-    failed = 0
+    """Run ``n_requests`` through ``engine`` with ``concurrency`` in flight.
+
+    With ``sample`` the figures are added to it (several rounds of one configuration).
+    """
+    acc = sample if sample is not None else _Sample([])
     next_i = 0
 
     async def worker() -> None:
-        nonlocal tokens, failed, next_i
+        nonlocal next_i
         while next_i < n_requests:
             i = next_i
             next_i += 1
@@ -237,17 +247,19 @@ async def bench_one(
             try:
                 result = await engine.generate(_request(i, max_tokens, temperature))
             except Exception:
-                failed += 1
+                acc.failed += 1
             else:
-                latencies.append(time.perf_counter() - t0)
-                tokens += result.completion_tokens
+                acc.latencies_s.append(time.perf_counter() - t0)
+                acc.completion_tokens += result.completion_tokens
             if on_done is not None:
                 on_done()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    return summarize(engine.name, concurrency, latencies, tokens, wall, failed)
+    acc.wall_s += time.perf_counter() - t0
+    return summarize(
+        engine.name, concurrency, acc.latencies_s, acc.completion_tokens, acc.wall_s, acc.failed
+    )
 
 
 async def run_engine_bench(
@@ -258,8 +270,14 @@ async def run_engine_bench(
     temperature: float = 0.1,
     settings_overrides: dict[str, Any] | None = None,
     progress: bool = True,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """Load every engine once, then run each concurrency level on each engine in turn."""
+    """Load every engine once, then run each concurrency level on each engine in turn.
+
+    With ``rounds`` > 1 the whole plan repeats with the engine order reversed every other
+    round, and each configuration's figures are pooled (tokens / wall time summed), so a
+    noisy neighbour on the machine penalises both engines alike.
+    """
     from consumer.config import Settings
     from consumer.engines import create_engine
 
@@ -269,27 +287,33 @@ async def run_engine_bench(
     overrides.setdefault("max_tokens_limit", max(1024, max_tokens))
     plan = [(c, requests or max(8, 2 * c)) for c in concurrency]
     loaded: list[Engine] = []
-    bar = _Progress(len(engines) * sum(n for _, n in plan)) if progress else None
+    total = rounds * len(engines) * sum(n for _, n in plan)
+    bar = _Progress(total) if progress else None
+    samples: dict[tuple[str, int], _Sample] = {}
     try:
         for name in engines:
             engine = create_engine(Settings.from_env(engine=name, **overrides))
             await engine.start()
             await engine.warmup()
             loaded.append(engine)
-        runs: list[EngineRun] = []
-        for c, n in plan:
-            for engine in loaded:
-                if bar is not None:
-                    bar.label = f"{engine.name} c={c}"
-                runs.append(
+        for r in range(max(1, rounds)):
+            order = loaded if r % 2 == 0 else list(reversed(loaded))
+            for c, n in plan:
+                for engine in order:
+                    if bar is not None:
+                        bar.label = f"{engine.name} c={c}"
+                    acc = samples.setdefault((engine.name, c), _Sample([]))
                     await bench_one(
-                        engine, c, n, max_tokens, temperature, bar.advance if bar else None
+                        engine, c, n, max_tokens, temperature, bar.advance if bar else None, acc
                     )
-                )
         info = loaded[0].model_info() if loaded else None
     finally:
         for engine in loaded:
             await engine.stop()
+    runs = [
+        summarize(name, c, s.latencies_s, s.completion_tokens, s.wall_s, s.failed)
+        for (name, c), s in samples.items()
+    ]
     ratio = ratios(runs)
     return {
         "benchmark": "engine",
@@ -297,6 +321,7 @@ async def run_engine_bench(
         "max_tokens": max_tokens,
         "temperature": temperature,
         "ignore_eos": True,
+        "rounds": rounds,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -338,6 +363,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             settings_overrides=overrides,
             progress=not args.no_progress,
+            rounds=args.rounds,
         )
     )
     if args.json:
@@ -369,6 +395,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--requests", type=int, default=None, help="per level (default: max(8, 2 x concurrency))"
     )
     eng.add_argument("--temperature", type=float, default=0.1)
+    eng.add_argument(
+        "--rounds", type=int, default=1, help="repeat the plan, alternating engine order"
+    )
     eng.add_argument("--model-path", default=None, help="GGUF file (default: MODEL_PATH)")
     eng.add_argument("--json", action="store_true", help="print one JSON object")
     eng.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

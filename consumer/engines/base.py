@@ -18,6 +18,7 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "ModelInfo",
+    "warmup_requests",
 ]
 
 #: Lower number = more urgent. The tier names are the topic suffixes.
@@ -73,6 +74,21 @@ class GenerationResult:
     finish_reason: str  # "stop" | "length" | "deadline"
     confidence_score: float | None = None
     processing_time_ms: float = 0.0
+
+
+def warmup_requests(profiles: list[str]) -> list[GenerationRequest]:
+    """One tiny greedy request per prompt profile (warms the prefix KV and the sampler)."""
+    return [
+        GenerationRequest(
+            request_id=f"warmup-{p}",
+            context={"analysis_type": "warmup", "metrics": {"x": 1.0}},
+            prompt_profile=p,
+            max_tokens=4,
+            temperature=0.0,
+            priority=1,
+        )
+        for p in profiles
+    ]
 
 
 @runtime_checkable

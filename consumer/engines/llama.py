@@ -40,7 +40,12 @@ import numpy as np
 
 from consumer.config import Settings
 from consumer.engines import model as model_files
-from consumer.engines.base import GenerationRequest, GenerationResult, ModelInfo
+from consumer.engines.base import (
+    GenerationRequest,
+    GenerationResult,
+    ModelInfo,
+    warmup_requests,
+)
 from consumer.engines.prompts import ChatPrompter, EncodedPrompt, list_profiles, system_prompt
 from schemas.errors import (
     DeadlineExceeded,
@@ -251,21 +256,7 @@ class LlamaEngine:
 
     async def warmup(self) -> None:
         """Generate a few tokens for every profile (exercises prefix KV and sampling)."""
-        await asyncio.gather(
-            *(
-                self.generate(
-                    GenerationRequest(
-                        request_id=f"warmup-{p}",
-                        context={"analysis_type": "warmup", "metrics": {"x": 1.0}},
-                        prompt_profile=p,
-                        max_tokens=4,
-                        temperature=0.0,
-                        priority=1,
-                    )
-                )
-                for p in list_profiles()
-            )
-        )
+        await asyncio.gather(*(self.generate(r) for r in warmup_requests(list_profiles())))
 
     async def reload(self, model_path: str | None = None) -> None:
         """Stop admitting, let in-flight sequences finish, swap model+context, resume.

@@ -18,7 +18,12 @@ import numpy as np
 
 from consumer.config import Settings
 from consumer.engines import model as model_files
-from consumer.engines.base import GenerationRequest, GenerationResult, ModelInfo
+from consumer.engines.base import (
+    GenerationRequest,
+    GenerationResult,
+    ModelInfo,
+    warmup_requests,
+)
 from consumer.engines.prompts import build_messages, list_profiles, system_prompt
 from schemas.errors import DeadlineExceeded, EngineError, ModelLoadError, RequestRejected
 
@@ -186,16 +191,8 @@ class SequentialEngine:
 
     async def warmup(self) -> None:
         """One tiny completion per profile."""
-        for p in list_profiles():
-            await self.generate(
-                GenerationRequest(
-                    request_id=f"warmup-{p}",
-                    context={"analysis_type": "warmup", "metrics": {"x": 1.0}},
-                    prompt_profile=p,
-                    max_tokens=4,
-                    temperature=0.0,
-                )
-            )
+        for request in warmup_requests(list_profiles()):
+            await self.generate(request)
 
     async def reload(self, model_path: str | None = None) -> None:
         """Wait for the running request, swap the model; queued requests keep waiting."""

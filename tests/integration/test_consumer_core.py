@@ -381,3 +381,45 @@ async def test_exactly_once_survives_a_crash(make_settings: Callable[..., Settin
     by_id = results_by_id(results)
     assert set(by_id) == {r.request_id for r in requests}
     assert all(len(v) == 1 for v in by_id.values()), "a duplicate result became visible"
+
+
+async def test_at_least_once_survives_a_crash_repeating_only_uncommitted_work(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = await _topics(make_settings(fake_latency_ms=10, max_concurrent_requests=4))
+    boot = settings.kafka_bootstrap_servers
+    topic = settings.request_topics()["normal"]
+    requests = [make_request(i) for i in range(300)]
+    await produce_requests(boot, topic, requests)
+    proc = _consume_process(settings)
+    try:
+        await collect(boot, settings.results_topic, 60, timeout_s=60)
+        proc.kill()  # no drain, no final commit
+        await asyncio.to_thread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # What the crashed consumer had committed: those requests must not be answered again.
+    done_before = await committed(boot, settings.kafka_group_id, topic)
+    position = await _request_positions(boot, topic)
+    below = {rid for rid, (p, off) in position.items() if off < (done_before.get(p) or 0)}
+    assert below, "the crashed consumer committed nothing; the test proves nothing"
+    ids = {r.request_id for r in requests}
+    async with ConsumerService(settings.model_copy(update={"consumer_id": "successor"})):
+        await _wait_committed(settings, "normal", timeout_s=120)
+    published = sum((await end_offsets(boot, settings.results_topic)).values())
+    results = await collect(boot, settings.results_topic, published)
+    assert len(results) == published
+    by_id = results_by_id(results)
+    assert set(by_id) == ids, "a request was lost"
+    repeated = {rid for rid, rs in by_id.items() if len(rs) > 1}
+    assert not repeated & below, "a committed request was answered again"
+    successor = {r.request_id for r in results if r.consumer_id == "successor"}
+    assert not successor & below
+
+
+async def _request_positions(bootstrap: str, topic: str) -> dict[str, tuple[int, int]]:
+    """request_id -> (partition, offset) of every request record in ``topic``."""
+    ends = await end_offsets(bootstrap, topic)
+    records = await collect(bootstrap, topic, sum(ends.values()), decode=None)
+    return {CODEC.decode_request(r.value).request_id: (r.partition, r.offset) for r in records}

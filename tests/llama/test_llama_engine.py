@@ -107,7 +107,7 @@ async def test_deadline_stops_a_generation(start_engine) -> None:
     engine = await start_engine()
     t0 = time.monotonic()
     result = await engine.generate(
-        request(0, max_tokens=500, ignore_eos=True, deadline_monotonic=time.monotonic() + 0.6)
+        request(0, max_tokens=500, ignore_eos=True, deadline_monotonic=time.monotonic() + 1.5)
     )
     assert result.finish_reason == "deadline"
     assert 0 < result.completion_tokens < 500
@@ -222,7 +222,7 @@ async def test_sequential_engine_answers_with_the_same_prompts(start_engine) -> 
     with pytest.raises(RequestRejected):
         await engine.generate(request(0, prompt_profile="nope"))
     deadline = await engine.generate(
-        request(2, max_tokens=400, ignore_eos=True, deadline_monotonic=time.monotonic() + 0.5)
+        request(2, max_tokens=400, ignore_eos=True, deadline_monotonic=time.monotonic() + 1.5)
     )
     assert deadline.finish_reason == "deadline" and deadline.completion_tokens < 400
 
