@@ -381,8 +381,20 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_model(args: argparse.Namespace) -> int:
+    from consumer.synthmodel import make_synthetic_model
+
+    def say(msg: str) -> None:
+        if not args.no_progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    report = make_synthetic_model(args.out, args.shape, args.quantization, progress=say)
+    print(json.dumps(report))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench`` with its ``engine`` subcommand."""
+    """Add ``bench`` with its ``engine`` and ``make-model`` subcommands."""
     bench = subparsers.add_parser("bench", help="benchmarks (print figures)")
     sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     eng = sub.add_parser(
@@ -402,3 +414,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     eng.add_argument("--json", action="store_true", help="print one JSON object")
     eng.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     eng.set_defaults(func=_cmd_engine)
+    mk = sub.add_parser(
+        "make-model",
+        help="write a synthetic GGUF of a given shape (random weights, bundled tokenizer)",
+    )
+    mk.add_argument("--shape", choices=["7b", "1b", "tiny"], default="7b")
+    mk.add_argument("--quantization", choices=["Q4_K_M", "Q4_0", "Q8_0", "F16"], default="Q4_K_M")
+    mk.add_argument("--out", required=True, help="GGUF file to write")
+    mk.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    mk.set_defaults(func=_cmd_make_model)

@@ -76,6 +76,7 @@ class Settings(BaseModel):
     n_threads: int = Field(0, ge=0)  # 0: all cores
     kv_cache_type: str = Field("f16", pattern=r"^(f32|f16|q8_0|q4_0|q4_1|q5_0|q5_1)$")
     seq_budget_tokens: int = Field(1024, ge=64)
+    warmup_on_start: bool = True  # one tiny generation per profile before joining the group
     fake_latency_ms: float = Field(0.0, ge=0)
     fake_failure_rate: float = Field(0.0, ge=0, le=1)
     fake_tokens_per_s: float = Field(0.0, ge=0)

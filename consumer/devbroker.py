@@ -155,18 +155,24 @@ def fetch_jars(cache_dir: Path | None = None, *, quiet: bool = False) -> Path:
     assert proc.stdout is not None
     tail: list[str] = []
     count = 0
+    # A terminal gets one rewritten line; a log (CI) gets a line every 50 files.
+    tty = sys.stderr.isatty()
     for line in proc.stdout:
         tail = [*tail[-30:], line.rstrip()]
         if "Downloaded from" in line:
             count += 1
-            if not quiet:
+            if not quiet and tty:
                 found = re.search(r"([^/\s]+\.(?:jar|pom))", line)
                 name = found.group(1) if found else ""
                 print(f"\r  downloaded {count} files {name[:60]:<60}", end="", file=sys.stderr)
+            elif not quiet and count % 50 == 0:
+                print(f"  downloaded {count} files", file=sys.stderr)
     if proc.wait() != 0:
         raise DevBrokerError("Maven could not fetch the Kafka jars:\n" + "\n".join(tail))
-    if not quiet and count:
+    if not quiet and count and tty:
         print(file=sys.stderr)
+    if not quiet:
+        print(f"  {count} files downloaded into {lib}", file=sys.stderr)
     shutil.rmtree(lib, ignore_errors=True)
     tmp_lib.rename(lib)
     marker.write_text(KAFKA_VERSION)

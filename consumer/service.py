@@ -180,6 +180,9 @@ class ConsumerService:
         """Load the engine, connect to Kafka, start HTTP/metrics and the loops."""
         s = self.settings
         await self.engine.start()
+        if s.warmup_on_start:
+            # Before joining the group: the first real request should not pay for cold caches.
+            await self.engine.warmup()
         self._engine_ready = True
         conn = settings_connection(s).aiokafka_kwargs()
         if s.delivery is Delivery.EXACTLY_ONCE:
