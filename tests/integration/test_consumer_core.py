@@ -319,6 +319,8 @@ def _consume_process(settings: Settings) -> subprocess.Popen[bytes]:
             "METRICS_PORT": "0",
             "PROMETHEUS_ENABLED": "false",
             "COMMIT_INTERVAL_MS": "100",
+            # A killed member is noticed after the session timeout: keep it short.
+            "KAFKA_SESSION_TIMEOUT_MS": "6000",
             "CONSUMER_ID": "subprocess",
         }
     )
