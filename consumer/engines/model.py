@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 import threading
@@ -165,13 +166,44 @@ def context_size(settings: Settings) -> int:
     return settings.max_concurrent_requests * settings.seq_budget_tokens
 
 
+_llama_log = logging.getLogger("explainstream.llama_cpp")
+# ggml_log_level in the llama.cpp this package builds: NONE 0, DEBUG 1, INFO 2, WARN 3,
+# ERROR 4, CONT 5 (continues the previous message). llama-cpp-python's own callback still
+# maps the older enum, which prints every WARN as an error; ours maps llama.cpp's chatty
+# INFO to DEBUG and sends the rest through our logging.
+_GGML_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING}
+# With a unified KV cache n_ctx_seq is the whole context (all slots together), while each
+# sequence is held to SEQ_BUDGET_TOKENS; llama.cpp's overflow warning does not apply.
+_BENIGN = (b"possible training context overflow",)
+_log_state = {"level": logging.DEBUG}
+_log_callback: Any = None
+
+
+def _on_llama_log(level: int, text: bytes | None, _user: Any) -> None:
+    if level == 5:
+        py_level = _log_state["level"]
+    else:
+        py_level = _GGML_LEVELS.get(level, logging.ERROR)
+        _log_state["level"] = py_level
+    if not text or not _llama_log.isEnabledFor(py_level):
+        return
+    if py_level == logging.WARNING and any(b in text for b in _BENIGN):
+        py_level = logging.DEBUG
+    msg = text.decode("utf-8", "replace").rstrip()
+    if msg:
+        _llama_log.log(py_level, "%s", msg)
+
+
 def _backend_init() -> None:
-    global _backend_ready
+    global _backend_ready, _log_callback
     with _backend_lock:
         if not _backend_ready:
             import llama_cpp
 
             llama_cpp.llama_backend_init()
+            # Keep a reference: llama.cpp holds only the raw function pointer.
+            _log_callback = llama_cpp.llama_log_callback(_on_llama_log)
+            llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
             _backend_ready = True
 
 
