@@ -394,7 +394,7 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench`` with its ``engine`` and ``make-model`` subcommands."""
+    """Add ``bench`` with its ``engine``, ``make-model`` and ``pipeline`` subcommands."""
     bench = subparsers.add_parser("bench", help="benchmarks (print figures)")
     sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     eng = sub.add_parser(
@@ -423,3 +423,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mk.add_argument("--out", required=True, help="GGUF file to write")
     mk.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     mk.set_defaults(func=_cmd_make_model)
+    from consumer.bench_pipeline import register as register_pipeline
+
+    register_pipeline(sub)

@@ -10,11 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -141,21 +138,14 @@ def _cmd(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"http_port": 0, "metrics_port": 0, "http_host": "127.0.0.1"}
     if args.engine:
         overrides["engine"] = args.engine
-    broker = None
-    if "KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
-        from consumer.devbroker import DevBroker, free_port_block
+    from consumer.devbroker import local_kafka
 
-        data_dir = Path(tempfile.mkdtemp(prefix="explainstream-demo-"))
-        broker = DevBroker(data_dir, port=free_port_block(1))
-        print("starting a local Apache Kafka broker ...", file=sys.stderr)
-        overrides["kafka_bootstrap_servers"] = broker.start()
-        overrides["kafka_partitions"] = 1
-    try:
+    with local_kafka("demo") as bootstrap:
+        if bootstrap is not None:
+            overrides["kafka_bootstrap_servers"] = bootstrap
+            overrides["kafka_partitions"] = 1
         settings = Settings.from_env(**overrides)
         seen = asyncio.run(run_demo(settings, count=args.count, max_tokens=args.max_tokens))
-    finally:
-        if broker is not None:
-            broker.stop()
     print(f"{seen}/{args.count} results", file=sys.stderr)
     return 0 if seen == args.count else 1
 

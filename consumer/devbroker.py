@@ -19,14 +19,16 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.errors import ExplainstreamError
 
-__all__ = ["KAFKA_VERSION", "DevBroker", "DevBrokerError", "register"]
+__all__ = ["KAFKA_VERSION", "DevBroker", "DevBrokerError", "local_kafka", "register"]
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
@@ -418,6 +420,24 @@ class DevBroker:
         for node in range(self.brokers):
             self._pid_file(node).unlink(missing_ok=True)
         return len(pids)
+
+
+@contextlib.contextmanager
+def local_kafka(purpose: str) -> Iterator[str | None]:
+    """For one-command local runs (demo, benchmarks): ``None`` when KAFKA_BOOTSTRAP_SERVERS
+    is set (use that cluster), else a single-node broker on free ports in a temporary data
+    directory, yielding its bootstrap address; stopped and deleted on exit."""
+    if "KAFKA_BOOTSTRAP_SERVERS" in os.environ:
+        yield None
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix=f"explainstream-{purpose}-"))
+    broker = DevBroker(data_dir, port=free_port_block(1))
+    try:
+        print("starting a local Apache Kafka broker ...", file=sys.stderr)
+        yield broker.start()
+    finally:
+        broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _reap(pids: list[int]) -> None:
