@@ -65,6 +65,9 @@ class Settings(BaseModel):
     kafka_replication_factor: int = Field(1, ge=1)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
     kafka_session_timeout_ms: int = Field(45_000, ge=1000)
+    # How long the broker may hold a fetch with nothing new. A paused tier resumes only when
+    # the fetch in flight returns, so this bounds the refill stall of a drained buffer.
+    kafka_fetch_max_wait_ms: int = Field(100, ge=1, le=10_000)
     delivery: Delivery = Delivery.AT_LEAST_ONCE
 
     # Engine and model

@@ -149,9 +149,11 @@ class ConsumerService:
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._in_flight: dict[str, int] = dict.fromkeys(TIERS, 0)
         self._assigned: set[TopicPartition] = set()
+        self._has_partitions = asyncio.Event()
         self._revoking: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
         self._wake = asyncio.Event()
+        self._space = asyncio.Event()  # the dispatcher took work out of the buffers
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -209,6 +211,7 @@ class ConsumerService:
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=min(3000, s.kafka_session_timeout_ms // 3),
             max_partition_fetch_bytes=256 * 1024,
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
             **consumer_kwargs,
         )
         try:
@@ -339,6 +342,14 @@ class ConsumerService:
             if have - want:
                 consumer.resume(*(have - want))
             self._paused = want
+            assigned = consumer.assignment()
+            if assigned and want >= assigned:
+                # Everything is paused: a fetch would only idle for its timeout. Wake as soon
+                # as the dispatcher frees buffer space (or re-check pauses every 100 ms).
+                self._space.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._space.wait(), timeout=0.1)
+                continue
             free = max(
                 (self.scheduler.free(i) for i, t in enumerate(TIERS)),
                 default=0,
@@ -396,6 +407,7 @@ class ConsumerService:
             if self.metrics is not None:
                 self.metrics.observe_batch_size(self._busy())
             self._spawn(work.tp, self._run(entry))
+            self._space.set()
 
     def _spawn(self, tp: TopicPartition, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -655,6 +667,8 @@ class ConsumerService:
     # ------------------------------------------------------------------ rebalance
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assigned |= assigned
+        if self._assigned:
+            self._has_partitions.set()
         self._revoking -= assigned
         if self.metrics is not None:
             self.metrics.rebalance("assigned")
@@ -679,6 +693,8 @@ class ConsumerService:
             await self._eos.release(revoked)
         self.tracker.forget(revoked)
         self._assigned -= revoked
+        if not self._assigned:
+            self._has_partitions.clear()
         self._revoking -= revoked
         if self.metrics is not None:
             self.metrics.rebalance("revoked")
@@ -739,6 +755,10 @@ class ConsumerService:
     def is_live(self) -> bool:
         """The process and its loops are running."""
         return (bool(self._loops) and not any(t.done() for t in self._loops[:3])) or self._stopping
+
+    async def wait_assigned(self) -> None:
+        """Return once the group has assigned this consumer at least one partition."""
+        await self._has_partitions.wait()
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Ready = model loaded, partitions assigned, breaker not open."""
