@@ -63,15 +63,11 @@ async def _through_kafka(settings: Any, n: int, max_tokens: int) -> dict[str, An
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from consumer.service import ConsumerService
-    from consumer.topics import all_topics, ensure_topics, settings_connection
+    from consumer.topics import ensure_service_topics, settings_connection
     from schemas.codec import Codec
     from schemas.models import AnalysisContext, ExplanationRequest
 
-    await ensure_topics(
-        settings_connection(settings),
-        all_topics(settings.kafka_topic_prefix),
-        partitions=settings.kafka_partitions,
-    )
+    await ensure_service_topics(settings)
     codec = Codec()
     conn = settings_connection(settings).aiokafka_kwargs()
     producer = AIOKafkaProducer(**conn, acks="all", enable_idempotence=True, linger_ms=5)

@@ -17,7 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from consumer.config import Settings
-from consumer.topics import all_topics, ensure_topics, settings_connection
+from consumer.topics import ensure_service_topics, settings_connection
 from schemas.codec import Codec
 from schemas.models import AnalysisContext, ExplanationRequest
 
@@ -69,11 +69,7 @@ async def run_demo(
     """Run consumer + sample producer against ``settings``' broker; returns results seen."""
     from consumer.service import ConsumerService
 
-    await ensure_topics(
-        settings_connection(settings),
-        all_topics(settings.kafka_topic_prefix),
-        partitions=settings.kafka_partitions,
-    )
+    await ensure_service_topics(settings)
     codec = Codec()
     conn = settings_connection(settings).aiokafka_kwargs()
     reader = AIOKafkaConsumer(

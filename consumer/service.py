@@ -854,18 +854,13 @@ def _deadline_monotonic(deadline: datetime | None) -> float | None:
 
 
 def _cmd_consume(args: argparse.Namespace) -> int:
-    from consumer.topics import all_topics, ensure_topics
+    from consumer.topics import ensure_service_topics
 
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level if not settings.debug else "DEBUG")
 
     async def main() -> None:
-        await ensure_topics(
-            settings_connection(settings),
-            all_topics(settings.kafka_topic_prefix),
-            partitions=settings.kafka_partitions,
-            replication_factor=settings.kafka_replication_factor,
-        )
+        await ensure_service_topics(settings)
         await ConsumerService(settings).run_until_signal()
 
     asyncio.run(main())

@@ -12,7 +12,7 @@ from consumer.config import Settings
 from producer_sdk.connection import KafkaConnection
 from schemas.errors import KafkaUnavailable
 
-__all__ = ["all_topics", "ensure_topics", "register"]
+__all__ = ["all_topics", "ensure_service_topics", "ensure_topics", "register"]
 
 TIERS = ("urgent", "high", "normal", "low")
 
@@ -64,18 +64,20 @@ async def _wait_for_metadata(admin: AIOKafkaAdminClient, names: list[str]) -> No
         await asyncio.sleep(0.1)
 
 
+async def ensure_service_topics(settings: Settings) -> list[str]:
+    """Create the service's topics (prefix, partitions, replication from ``settings``)."""
+    return await ensure_topics(
+        settings_connection(settings),
+        all_topics(settings.kafka_topic_prefix),
+        partitions=settings.kafka_partitions,
+        replication_factor=settings.kafka_replication_factor,
+    )
+
+
 def _cmd(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    conn = settings_connection(settings)
     names = all_topics(settings.kafka_topic_prefix)
-    created = asyncio.run(
-        ensure_topics(
-            conn,
-            names,
-            partitions=settings.kafka_partitions,
-            replication_factor=settings.kafka_replication_factor,
-        )
-    )
+    created = asyncio.run(ensure_service_topics(settings))
     for name in names:
         print(f"{name}\t{'created' if name in created else 'exists'}")
     return 0

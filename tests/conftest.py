@@ -97,12 +97,8 @@ def make_settings(kafka_bootstrap: str, topic_prefix: str) -> Callable[..., Sett
 @pytest.fixture
 async def topics(make_settings: Callable[..., Settings]) -> AsyncIterator[Settings]:
     """Default test settings with all of the service's topics created."""
-    from consumer.topics import all_topics, ensure_topics, settings_connection
+    from consumer.topics import ensure_service_topics
 
     settings = make_settings()
-    await ensure_topics(
-        settings_connection(settings),
-        all_topics(settings.kafka_topic_prefix),
-        partitions=settings.kafka_partitions,
-    )
+    await ensure_service_topics(settings)
     yield settings

@@ -18,7 +18,7 @@ from consumer.config import Settings
 from consumer.engines.base import GenerationRequest, GenerationResult
 from consumer.engines.fake import FakeEngine
 from consumer.service import ConsumerService
-from consumer.topics import all_topics, ensure_topics, settings_connection
+from consumer.topics import ensure_service_topics, ensure_topics, settings_connection
 from schemas.errors import EngineError
 from schemas.models import ResultStatus
 from tests.integration.helpers import (
@@ -37,11 +37,7 @@ pytestmark = pytest.mark.kafka
 
 
 async def _topics(settings: Settings) -> Settings:
-    await ensure_topics(
-        settings_connection(settings),
-        all_topics(settings.kafka_topic_prefix),
-        partitions=settings.kafka_partitions,
-    )
+    await ensure_service_topics(settings)
     return settings
 
 

@@ -11,7 +11,7 @@ import pytest
 from consumer.config import Settings
 from consumer.engines.model import file_sha256
 from consumer.service import ConsumerService
-from consumer.topics import all_topics, ensure_topics, settings_connection
+from consumer.topics import ensure_service_topics
 from schemas.models import AnalysisContext, ResultStatus
 from tests.integration.helpers import collect, make_request, produce_requests, results_by_id
 
@@ -26,9 +26,7 @@ async def test_every_tier_answered_by_the_real_model_across_a_hot_reload(
     settings = make_settings(
         engine="llama", max_concurrent_requests=4, n_threads=2, admin_token=TOKEN
     )
-    await ensure_topics(
-        settings_connection(settings), all_topics(settings.kafka_topic_prefix), partitions=1
-    )
+    await ensure_service_topics(settings)
     boot = settings.kafka_bootstrap_servers
     topics = settings.request_topics()
     requests = {
