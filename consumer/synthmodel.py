@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from consumer.engines.model import default_model_path
+from consumer.engines.model import default_model_path, init_llama_backend
 from schemas.errors import ModelLoadError
 
 __all__ = ["SHAPES", "ModelShape", "make_synthetic_model", "quantize", "write_f16"]
@@ -172,6 +172,7 @@ def quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], qtype: st
     except KeyError:
         known = ", ".join(_QUANT_TYPES)
         raise ValueError(f"unknown quantization {qtype!r} (known: {known})") from None
+    init_llama_backend()  # the quantizer's chatter goes to our logging
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = os.cpu_count() or 1

@@ -28,6 +28,7 @@ __all__ = [
     "default_model_path",
     "file_sha256",
     "ggml_type",
+    "init_llama_backend",
     "load_model",
     "model_info",
     "model_metadata",
@@ -194,7 +195,8 @@ def _on_llama_log(level: int, text: bytes | None, _user: Any) -> None:
         _llama_log.log(py_level, "%s", msg)
 
 
-def _backend_init() -> None:
+def init_llama_backend() -> None:
+    """Initialise llama.cpp once per process and route its logs into our logging."""
     global _backend_ready, _log_callback
     with _backend_lock:
         if not _backend_ready:
@@ -210,7 +212,7 @@ def _backend_init() -> None:
 def load_model(path: str, n_gpu_layers: int) -> Any:
     """Validate and load a GGUF with llama.cpp; returns the ``llama_model_p`` handle."""
     validate_model_file(path)
-    _backend_init()
+    init_llama_backend()
     import llama_cpp
 
     params = llama_cpp.llama_model_default_params()
