@@ -25,9 +25,10 @@ INJECTION = (
 #: Greedy decoding is not bit-identical between a request run alone and the same request
 #: inside a batch: llama.cpp's CPU kernels round differently with the batch's composition
 #: (ubatch size, KV cell placement). Measured on SmolLM2-135M Q4_1: per-token
-#: log-probabilities of the *same* token differ by up to ~0.2 nats, and the outputs first
+#: log-probabilities of the *same* token differ by up to 0.22 nats, and the outputs first
 #: diverge where the top two tokens are that close (this small model's top token often has
-#: p < 0.2). A logic error (wrong KV sequence, wrong position, wrong logits row) shifts
+#: p < 0.2). A request alone with only N_BATCH changed (512 vs 16) differs just as much
+#: (0.21 nats), so the spread is kernel-path noise, not batching. A logic error (wrong KV sequence, wrong position, wrong logits row) shifts
 #: log-probabilities by whole nats, so this bound separates noise from bugs.
 LOGPROB_NOISE_NATS = 0.5
 
