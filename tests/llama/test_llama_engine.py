@@ -28,8 +28,9 @@ INJECTION = (
 #: log-probabilities of the *same* token differ by up to 0.22 nats, and the outputs first
 #: diverge where the top two tokens are that close (this small model's top token often has
 #: p < 0.2). A request alone with only N_BATCH changed (512 vs 16) differs just as much
-#: (0.21 nats), so the spread is kernel-path noise, not batching. A logic error (wrong KV sequence, wrong position, wrong logits row) shifts
-#: log-probabilities by whole nats, so this bound separates noise from bugs.
+#: (0.21 nats), so the spread is kernel-path noise, not batching. A logic error (wrong KV
+#: sequence, wrong position, wrong logits row) shifts log-probabilities by whole nats, so
+#: this bound separates noise from bugs.
 LOGPROB_NOISE_NATS = 0.5
 
 
