@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -231,7 +232,7 @@ async def test_open_breaker_pauses_intake_then_recovers(
         make_settings(
             breaker_min_calls=3,
             breaker_window=5,
-            breaker_open_s=1.0,
+            breaker_open_s=2.0,
             breaker_probes=1,
             retry_attempts=50,
             retry_backoff_ms=1,
@@ -247,6 +248,10 @@ async def test_open_breaker_pauses_intake_then_recovers(
         await wait_until(lambda: svc.breaker.state(time.monotonic()).value == "open")
         assert svc.readiness()[0] is False
         assert svc.readiness()[1]["breaker_state"] == "open"
+        ready_url = f"http://127.0.0.1:{svc.http_port}/ready"
+        async with aiohttp.ClientSession() as http, http.get(ready_url) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["breaker_state"] == "open"
         normal = {tp for tp in svc._assigned if tp.topic == settings.request_topics()["normal"]}
         assert svc._consumer is not None
         await wait_until(lambda: normal <= svc._consumer.paused())  # type: ignore[union-attr]
@@ -257,6 +262,8 @@ async def test_open_breaker_pauses_intake_then_recovers(
         results = await collect(boot, settings.results_topic, 40, timeout_s=60)
         assert svc.breaker.state(time.monotonic()).value == "closed"
         assert svc.readiness()[0] is True
+        async with aiohttp.ClientSession() as http, http.get(ready_url) as resp:
+            assert resp.status == 200
     by_id = results_by_id(results)
     assert len(by_id) == 40 and all(len(v) == 1 for v in by_id.values())
     assert all(r.status is ResultStatus.OK for r in results)
