@@ -25,6 +25,7 @@ from consumer.engines.base import Engine, GenerationRequest
 __all__ = [
     "BENCH_CONTEXTS",
     "EngineRun",
+    "bench_one",
     "format_table",
     "percentile",
     "ratios",
@@ -201,7 +202,9 @@ class _Progress:
         self.stream.flush()
 
 
-def _request(i: int, max_tokens: int, temperature: float) -> GenerationRequest:
+def _request(
+    i: int, max_tokens: int, temperature: float, ignore_eos: bool = True
+) -> GenerationRequest:
     profile, context = BENCH_CONTEXTS[i % len(BENCH_CONTEXTS)]
     return GenerationRequest(
         request_id=f"bench-{i}",
@@ -210,7 +213,7 @@ def _request(i: int, max_tokens: int, temperature: float) -> GenerationRequest:
         max_tokens=max_tokens,
         temperature=temperature,
         seed=i,
-        ignore_eos=True,
+        ignore_eos=ignore_eos,
     )
 
 
@@ -230,10 +233,12 @@ async def bench_one(
     temperature: float,
     on_done: Callable[[], None] | None = None,
     sample: _Sample | None = None,
+    ignore_eos: bool = True,
 ) -> EngineRun:
     """Run ``n_requests`` through ``engine`` with ``concurrency`` in flight.
 
     With ``sample`` the figures are added to it (several rounds of one configuration).
+    ``ignore_eos`` (the default) makes every request generate exactly ``max_tokens``.
     """
     acc = sample if sample is not None else _Sample([])
     next_i = 0
@@ -245,7 +250,7 @@ async def bench_one(
             next_i += 1
             t0 = time.perf_counter()
             try:
-                result = await engine.generate(_request(i, max_tokens, temperature))
+                result = await engine.generate(_request(i, max_tokens, temperature, ignore_eos))
             except Exception:
                 acc.failed += 1
             else:

@@ -20,43 +20,29 @@ import platform
 import time
 from typing import Any
 
-from consumer.bench import BENCH_CONTEXTS, percentile
+from consumer.bench import BENCH_CONTEXTS, bench_one, percentile
 
 __all__ = ["register", "run_pipeline_bench"]
 
 
 async def _engine_only(settings: Any, n: int, max_tokens: int) -> dict[str, float]:
     from consumer.engines import create_engine
-    from consumer.engines.base import GenerationRequest
 
     engine = create_engine(settings)
     await engine.start()
     try:
         await engine.warmup()
-        sem = asyncio.Semaphore(settings.max_concurrent_requests)
-        tokens = 0
-
-        async def one(i: int) -> None:
-            nonlocal tokens
-            profile, context = BENCH_CONTEXTS[i % len(BENCH_CONTEXTS)]
-            async with sem:
-                result = await engine.generate(
-                    GenerationRequest(
-                        request_id=f"engine-{i}",
-                        context=context,
-                        prompt_profile=profile,
-                        max_tokens=max_tokens,
-                        temperature=0.0,
-                    )
-                )
-            tokens += result.completion_tokens
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
-        wall = time.perf_counter() - t0
+        # The same greedy requests the pipeline gets: end-of-generation is honoured there.
+        run = await bench_one(
+            engine, settings.max_concurrent_requests, n, max_tokens, 0.0, ignore_eos=False
+        )
     finally:
         await engine.stop()
-    return {"wall_s": wall, "tokens_per_s": tokens / wall, "results_per_s": n / wall}
+    return {
+        "wall_s": run.wall_s,
+        "tokens_per_s": run.tokens_per_s,
+        "results_per_s": run.explanations_per_min / 60.0,
+    }
 
 
 async def _through_kafka(settings: Any, n: int, max_tokens: int) -> dict[str, Any]:
@@ -97,7 +83,6 @@ async def _through_kafka(settings: Any, n: int, max_tokens: int) -> dict[str, An
     )
     await reader.start()
     processing: list[float] = []
-    end_to_end: list[float] = []
     tokens = 0
     statuses: dict[str, int] = {}
     try:
@@ -115,9 +100,6 @@ async def _through_kafka(settings: Any, n: int, max_tokens: int) -> dict[str, An
                         result = codec.decode_result(record.value)
                         statuses[result.status.value] = statuses.get(result.status.value, 0) + 1
                         processing.append(result.processing_time_ms / 1000.0)
-                        end_to_end.append(
-                            (result.processing_time_ms + result.queue_time_ms) / 1000.0
-                        )
                         tokens += result.completion_tokens
                 if time.perf_counter() - t0 > 3600:
                     raise TimeoutError(f"only {len(processing)}/{n} results within an hour")
@@ -181,31 +163,19 @@ def _format(report: dict[str, Any]) -> str:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    import logging
+    from consumer.devbroker import local_run_settings
 
-    from consumer.config import Settings
-    from consumer.devbroker import local_kafka
-
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     overrides: dict[str, Any] = {
         "engine": args.engine,
-        "http_port": 0,
-        "metrics_port": 0,
-        "http_host": "127.0.0.1",
         "prometheus_enabled": False,
         "kafka_topic_prefix": f"bench{int(time.time())}",
         "max_queue_size": args.max_queue_size,
+        "max_concurrent_requests": args.concurrency,
         "request_timeout": 3600.0,
     }
-    if args.concurrency:
-        overrides["max_concurrent_requests"] = args.concurrency
     if args.model_path:
         overrides["model_path"] = args.model_path
-    with local_kafka("bench") as bootstrap:
-        if bootstrap is not None:
-            overrides["kafka_bootstrap_servers"] = bootstrap
-            overrides["kafka_partitions"] = 1
-        settings = Settings.from_env(**overrides)
+    with local_run_settings("bench", **overrides) as settings:
         report = asyncio.run(
             run_pipeline_bench(
                 settings,

@@ -127,20 +127,10 @@ async def run_demo(
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    import logging
+    from consumer.devbroker import local_run_settings
 
-    # The client library logs expected start-up races (coordinator not yet elected) loudly.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    overrides: dict[str, Any] = {"http_port": 0, "metrics_port": 0, "http_host": "127.0.0.1"}
-    if args.engine:
-        overrides["engine"] = args.engine
-    from consumer.devbroker import local_kafka
-
-    with local_kafka("demo") as bootstrap:
-        if bootstrap is not None:
-            overrides["kafka_bootstrap_servers"] = bootstrap
-            overrides["kafka_partitions"] = 1
-        settings = Settings.from_env(**overrides)
+    overrides: dict[str, Any] = {"engine": args.engine} if args.engine else {}
+    with local_run_settings("demo", **overrides) as settings:
         seen = asyncio.run(run_demo(settings, count=args.count, max_tokens=args.max_tokens))
     print(f"{seen}/{args.count} results", file=sys.stderr)
     return 0 if seen == args.count else 1

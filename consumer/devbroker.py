@@ -25,10 +25,21 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from schemas.errors import ExplainstreamError
 
-__all__ = ["KAFKA_VERSION", "DevBroker", "DevBrokerError", "local_kafka", "register"]
+if TYPE_CHECKING:
+    from consumer.config import Settings
+
+__all__ = [
+    "KAFKA_VERSION",
+    "DevBroker",
+    "DevBrokerError",
+    "local_kafka",
+    "local_run_settings",
+    "register",
+]
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
@@ -438,6 +449,27 @@ def local_kafka(purpose: str) -> Iterator[str | None]:
     finally:
         broker.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_run_settings(purpose: str, **overrides: Any) -> Iterator[Settings]:
+    """Settings for a one-command local run (demo, benchmarks) on :func:`local_kafka`.
+
+    HTTP and metrics listen on ephemeral loopback ports unless ``overrides`` say otherwise,
+    and aiokafka's start-up noise (coordinator not yet elected) is silenced.
+    """
+    import logging
+
+    from consumer.config import Settings
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    overrides.setdefault("http_port", 0)
+    overrides.setdefault("metrics_port", 0)
+    overrides.setdefault("http_host", "127.0.0.1")
+    with local_kafka(purpose) as bootstrap:
+        if bootstrap is not None:
+            overrides.update(kafka_bootstrap_servers=bootstrap, kafka_partitions=1)
+        yield Settings.from_env(**overrides)
 
 
 def _reap(pids: list[int]) -> None:

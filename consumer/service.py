@@ -394,6 +394,7 @@ class ConsumerService:
     def _dispatch(self) -> None:
         """Fill free engine slots with the scheduler's picks."""
         slots = self.engine.slots
+        buffered = len(self.scheduler)
         while self._busy() < slots and len(self.scheduler) and not self._reloading.locked():
             now = time.monotonic()
             if not self.breaker.allow(now):
@@ -407,7 +408,8 @@ class ConsumerService:
             if self.metrics is not None:
                 self.metrics.observe_batch_size(self._busy())
             self._spawn(work.tp, self._run(entry))
-            self._space.set()
+        if len(self.scheduler) < buffered:
+            self._space.set()  # the intake may resume paused tiers
 
     def _spawn(self, tp: TopicPartition, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)

@@ -114,8 +114,11 @@ def write_f16(
     name: str = "explainstream-synthetic",
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
-) -> int:
-    """Write an F16 llama GGUF of ``shape`` with random weights; returns its size in bytes."""
+) -> tuple[int, int]:
+    """Write an F16 llama GGUF of ``shape`` with random weights.
+
+    Returns the file's size in bytes and the number of weights.
+    """
     import gguf
 
     fields, n_vocab = _tokenizer_fields(tokenizer_from or default_model_path())
@@ -158,7 +161,7 @@ def write_f16(
         if progress is not None:
             progress(i + 1, len(tensors))
     writer.close()
-    return Path(path).stat().st_size
+    return Path(path).stat().st_size, shape.n_params(n_vocab)
 
 
 def quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], qtype: str) -> None:
@@ -195,7 +198,7 @@ def make_synthetic_model(
     say = progress or (lambda _msg: None)
     t0 = time.monotonic()
     try:
-        size = write_f16(
+        size, n_params = write_f16(
             tmp,
             shape,
             name=f"explainstream-synthetic-{shape_name}",
@@ -209,12 +212,11 @@ def make_synthetic_model(
             quantize(tmp, out, qtype)
     finally:
         tmp.unlink(missing_ok=True)
-    _, n_vocab = _tokenizer_fields(default_model_path())
     return {
         "path": str(out),
         "shape": shape_name,
         "quantization": qtype,
-        "n_params": shape.n_params(n_vocab),
+        "n_params": n_params,
         "bytes": out.stat().st_size,
         "seconds": round(time.monotonic() - t0, 1),
     }
