@@ -30,7 +30,7 @@ prometheus:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; }
 
 kafka-jars:
-	$(BIN)/python -c "from consumer.devbroker import fetch_jars, find_java; find_java(); print(fetch_jars())"
+	$(BIN)/python -c "from consumer.dev.devbroker import fetch_jars, find_java; find_java(); print(fetch_jars())"
 
 lint:
 	$(BIN)/ruff check consumer producer_sdk schemas tests

@@ -19,15 +19,15 @@ __all__ = ["build_parser", "main"]
 
 #: Modules providing ``register(subparsers)``, in help order.
 COMMAND_MODULES: tuple[str, ...] = (
-    "consumer.service",
-    "consumer.client_cli",
-    "consumer.topics",
-    "consumer.lag",
-    "consumer.replay",
-    "consumer.devbroker",
-    "consumer.demo",
-    "consumer.gateway",
-    "consumer.bench",
+    "consumer.runtime.service",
+    "producer_sdk.cli",
+    "consumer.kafka.topics",
+    "consumer.kafka.lag",
+    "consumer.edge.replay",
+    "consumer.dev.devbroker",
+    "consumer.dev.demo",
+    "consumer.edge.gateway",
+    "consumer.dev.bench",
 )
 
 

@@ -75,7 +75,7 @@ def warn_unclosed(obj: object) -> None:
 async def partitions_of(conn: KafkaConnection, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
     """Partition numbers of ``topic`` from fresh metadata; KafkaUnavailable when it is missing.
 
-    ``consumer.topics()`` fetches metadata without updating the consumer's cluster view, so
+    ``consumer.kafka.topics()`` fetches metadata without updating the consumer's cluster view, so
     the fresh metadata object is queried directly (the one place we reach into aiokafka).
     """
     for attempt in range(5):

@@ -44,7 +44,7 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    from consumer.devbroker import DevBroker, free_port_block
+    from consumer.dev.devbroker import DevBroker, free_port_block
 
     data_dir = Path(tempfile.mkdtemp(prefix="explainstream-test-broker-"))
     broker = DevBroker(data_dir, port=free_port_block(1))
@@ -97,7 +97,7 @@ def make_settings(kafka_bootstrap: str, topic_prefix: str) -> Callable[..., Sett
 @pytest.fixture
 async def topics(make_settings: Callable[..., Settings]) -> AsyncIterator[Settings]:
     """Default test settings with all of the service's topics created."""
-    from consumer.topics import ensure_service_topics
+    from consumer.kafka.topics import ensure_service_topics
 
     settings = make_settings()
     await ensure_service_topics(settings)

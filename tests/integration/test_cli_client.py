@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from consumer.config import Settings
-from consumer.topics import settings_connection
+from consumer.kafka.topics import settings_connection
 from schemas.codec import Codec
 from schemas.models import ExplanationResult
 from tests.integration.test_sdk import CONTEXT, read_all
@@ -77,7 +77,7 @@ async def test_produce_from_stdin_with_a_deadline(topics: Settings) -> None:
 async def test_explain_then_results(
     make_settings: Callable[..., Settings], topics: Settings
 ) -> None:
-    from consumer.service import ConsumerService
+    from consumer.runtime.service import ConsumerService
 
     async with ConsumerService(make_settings()):
         done = await cli(

@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaConsumer
 from consumer.config import Settings
 from consumer.engines.base import GenerationRequest, GenerationResult
 from consumer.engines.fake import FakeEngine
-from consumer.service import ConsumerService
-from consumer.topics import ensure_service_topics, ensure_topics, settings_connection
+from consumer.runtime.service import ConsumerService
+from consumer.kafka.topics import ensure_service_topics, ensure_topics, settings_connection
 from schemas.errors import EngineError
 from schemas.models import ResultStatus
 from tests.integration.helpers import (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.devbroker import DevBroker, DevBrokerError, fetch_jars, find_java, free_port_block
+from consumer.dev.devbroker import DevBroker, DevBrokerError, fetch_jars, find_java, free_port_block
 
 pytestmark = pytest.mark.kafka
 

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from consumer.config import Settings
-from consumer.gateway import create_app, old_context
-from consumer.topics import settings_connection
+from consumer.edge.gateway import create_app, old_context
+from consumer.kafka.topics import settings_connection
 from producer_sdk import ExplanationClient, KafkaConnection
 
 #: The old service's README example request, verbatim.
@@ -68,7 +68,7 @@ def test_old_flat_context_maps_to_metrics_and_attributes() -> None:
 async def test_old_example_request_gets_the_old_response_shape(
     make_settings: Callable[..., Settings], topics: Settings
 ) -> None:
-    from consumer.service import ConsumerService
+    from consumer.runtime.service import ConsumerService
 
     conn = settings_connection(topics)
     async with (

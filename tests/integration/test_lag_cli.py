@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
-from consumer.lag import fetch_lag
+from consumer.kafka.lag import fetch_lag
 
 pytestmark = pytest.mark.kafka
 

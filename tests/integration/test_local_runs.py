@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.devbroker import local_kafka
+from consumer.dev.devbroker import local_kafka
 from tests.integration.helpers import end_offsets, produce
 
 pytestmark = pytest.mark.kafka
@@ -112,7 +112,7 @@ def test_local_kafka_starts_a_real_broker_and_leaves_nothing(monkeypatch) -> Non
 
 
 async def _produce_to_new_topic(bootstrap: str) -> None:
-    from consumer.topics import ensure_topics
+    from consumer.kafka.topics import ensure_topics
     from producer_sdk import KafkaConnection
 
     await ensure_topics(KafkaConnection(bootstrap), ["local-kafka-check"], partitions=1)

@@ -9,8 +9,8 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from consumer.config import Settings
-from consumer.replay import plan_window, replay, replayed_request
-from consumer.topics import settings_connection
+from consumer.edge.replay import plan_window, replay, replayed_request
+from consumer.kafka.topics import settings_connection
 from producer_sdk import ExplanationProducer
 from schemas.codec import Codec
 from schemas.models import AnalysisContext, ExplanationRequest

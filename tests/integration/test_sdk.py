@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from consumer.config import Settings
-from consumer.topics import settings_connection
+from consumer.kafka.topics import settings_connection
 from producer_sdk import (
     ExplainTimeout,
     ExplanationClient,
@@ -96,7 +96,7 @@ async def test_submit_many_keeps_input_order(topics: Settings) -> None:
 async def test_explain_returns_the_consumers_result(
     make_settings: Callable[..., Settings], topics: Settings
 ) -> None:
-    from consumer.service import ConsumerService
+    from consumer.runtime.service import ConsumerService
 
     conn = settings_connection(topics)
     async with (
@@ -125,7 +125,7 @@ async def test_explain_times_out_without_a_consumer(topics: Settings) -> None:
 async def test_results_reader_reads_to_the_end_and_stops(
     make_settings: Callable[..., Settings], topics: Settings
 ) -> None:
-    from consumer.service import ConsumerService
+    from consumer.runtime.service import ConsumerService
 
     conn = settings_connection(topics)
     async with (

@@ -6,7 +6,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from consumer.service import ConsumerService
+from consumer.runtime.service import ConsumerService
 from schemas.models import ResultStatus
 from tests.integration.helpers import collect, end_offsets, make_request, produce_requests
 

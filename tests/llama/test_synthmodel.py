@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from consumer.synthmodel import SHAPES, make_synthetic_model
+from consumer.dev.synthmodel import SHAPES, make_synthetic_model
 from tests.llama.helpers import request
 
 pytestmark = pytest.mark.llama

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from consumer.metrics import Metrics
+from consumer.ops.metrics import Metrics
 from tests.prometheus.promql import (
     PROM_CONFIG,
     RULES,

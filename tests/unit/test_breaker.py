@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.breaker import BreakerState, CircuitBreaker
+from consumer.core.breaker import BreakerState, CircuitBreaker
 
 
 def make() -> CircuitBreaker:

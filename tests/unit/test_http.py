@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumer.http import HttpServer, ServiceControl
-from consumer.metrics import Metrics
+from consumer.ops.http import HttpServer, ServiceControl
+from consumer.ops.metrics import Metrics
 from schemas.errors import ConfigError
 
 TOKEN = "s3cret-token"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from consumer.lag import build_report, format_table, partition_lag, register
+from consumer.kafka.lag import build_report, format_table, partition_lag, register
 
 TOPICS = {"urgent": "x.requests.urgent", "high": "x.requests.high", "low": "x.requests.low"}
 

@@ -9,9 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.gpu import GpuProbe
-from consumer.lag import LagReport, PartitionLag
-from consumer.metrics import LagSecondsEstimator, Metrics
+from consumer.ops.gpu import GpuProbe
+from consumer.kafka.lag import LagReport, PartitionLag
+from consumer.ops.metrics import LagSecondsEstimator, Metrics
 
 CONTRACT_NAMES = [
     "llama_requests_total",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.offsets import OffsetTracker
+from consumer.core.offsets import OffsetTracker
 
 TP = ("requests.low", 0)
 

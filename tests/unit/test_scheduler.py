@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.scheduler import TierScheduler
+from consumer.core.scheduler import TierScheduler
 
 
 def test_strict_priority_then_fifo_within_a_tier() -> None:

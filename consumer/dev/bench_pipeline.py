@@ -20,7 +20,7 @@ import platform
 import time
 from typing import Any
 
-from consumer.bench import BENCH_CONTEXTS, bench_one, percentile
+from consumer.dev.bench import BENCH_CONTEXTS, bench_one, percentile
 
 __all__ = ["register", "run_pipeline_bench"]
 
@@ -48,8 +48,8 @@ async def _engine_only(settings: Any, n: int, max_tokens: int) -> dict[str, floa
 async def _through_kafka(settings: Any, n: int, max_tokens: int) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from consumer.service import ConsumerService
-    from consumer.topics import ensure_service_topics, settings_connection
+    from consumer.runtime.service import ConsumerService
+    from consumer.kafka.topics import ensure_service_topics, settings_connection
     from schemas.codec import Codec
     from schemas.models import AnalysisContext, ExplanationRequest
 
@@ -163,7 +163,7 @@ def _format(report: dict[str, Any]) -> str:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from consumer.devbroker import local_run_settings
+    from consumer.dev.devbroker import local_run_settings
 
     overrides: dict[str, Any] = {
         "engine": args.engine,

@@ -387,7 +387,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_model(args: argparse.Namespace) -> int:
-    from consumer.synthmodel import make_synthetic_model
+    from consumer.dev.synthmodel import make_synthetic_model
 
     def say(msg: str) -> None:
         if not args.no_progress:
@@ -428,6 +428,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mk.add_argument("--out", required=True, help="GGUF file to write")
     mk.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     mk.set_defaults(func=_cmd_make_model)
-    from consumer.bench_pipeline import register as register_pipeline
+    from consumer.dev.bench_pipeline import register as register_pipeline
 
     register_pipeline(sub)

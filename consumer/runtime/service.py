@@ -3,7 +3,7 @@
 Loop structure (STYLE.md "decide, then act"):
 
 * **intake** polls Kafka (always, so max.poll.interval.ms never lapses, aiokafka #848),
-  decodes records into the :class:`~consumer.scheduler.TierScheduler` (undecodable ones go
+  decodes records into the :class:`~consumer.core.scheduler.TierScheduler` (undecodable ones go
   to the DLQ), and pauses the partitions of full tiers — or of every tier while the breaker
   is open — so memory stays flat whatever the backlog;
 * **dispatch** moves the scheduler's pick into a free engine slot (at most
@@ -11,11 +11,11 @@ Loop structure (STYLE.md "decide, then act"):
 * each request task runs the engine with deadline, timeout, retry and breaker policy and
   publishes exactly one result;
 * **commit** commits per partition only the contiguous completed prefix
-  (:class:`~consumer.offsets.OffsetTracker`).
+  (:class:`~consumer.core.offsets.OffsetTracker`).
 
 ``DELIVERY=exactly-once`` replaces the last two steps: results of a partition are held until
 they form a contiguous prefix and then published together with that prefix's offsets in one
-Kafka transaction (see :mod:`consumer.eos`).
+Kafka transaction (see :mod:`consumer.kafka.eos`).
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from consumer.breaker import BreakerState, CircuitBreaker
+from consumer.core.breaker import BreakerState, CircuitBreaker
 from consumer.config import TIERS, Delivery, Settings
 from consumer.engines import create_engine
 from consumer.engines.base import Engine, GenerationRequest, GenerationResult
 from consumer.engines.prompts import list_profiles
-from consumer.offsets import OffsetTracker
-from consumer.scheduler import Buffered, TierScheduler
-from consumer.topics import settings_connection
+from consumer.core.offsets import OffsetTracker
+from consumer.core.scheduler import Buffered, TierScheduler
+from consumer.kafka.topics import settings_connection
 from schemas.codec import Codec
 from schemas.errors import (
     DeadlineExceeded,
@@ -64,7 +64,7 @@ from schemas.models import (
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
-    from consumer.metrics import Metrics
+    from consumer.ops.metrics import Metrics
 
 __all__ = ["ConsumerService", "Work", "register"]
 
@@ -125,7 +125,7 @@ class ConsumerService:
         self.metrics = metrics
         if self.metrics is None:
             with contextlib.suppress(ModuleNotFoundError):
-                from consumer.metrics import Metrics
+                from consumer.ops.metrics import Metrics
 
                 self.metrics = Metrics()
         self.codec = Codec()
@@ -188,7 +188,7 @@ class ConsumerService:
         self._engine_ready = True
         conn = settings_connection(s).aiokafka_kwargs()
         if s.delivery is Delivery.EXACTLY_ONCE:
-            from consumer.eos import TransactionalPublisher
+            from consumer.kafka.eos import TransactionalPublisher
 
             self._eos = TransactionalPublisher(
                 conn, group_id=s.kafka_group_id, on_commit=self._commit_observed
@@ -249,7 +249,7 @@ class ConsumerService:
     async def _start_http(self) -> None:
         s = self.settings
         try:
-            from consumer.http import HttpServer
+            from consumer.ops.http import HttpServer
         except ModuleNotFoundError:
             return
         self._http = HttpServer(self, admin_token=s.admin_token, metrics=self.metrics)
@@ -856,7 +856,7 @@ def _deadline_monotonic(deadline: datetime | None) -> float | None:
 
 
 def _cmd_consume(args: argparse.Namespace) -> int:
-    from consumer.topics import ensure_service_topics
+    from consumer.kafka.topics import ensure_service_topics
 
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level if not settings.debug else "DEBUG")

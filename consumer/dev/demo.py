@@ -17,7 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from consumer.config import Settings
-from consumer.topics import ensure_service_topics, settings_connection
+from consumer.kafka.topics import ensure_service_topics, settings_connection
 from schemas.codec import Codec
 from schemas.models import AnalysisContext, ExplanationRequest
 
@@ -67,7 +67,7 @@ async def run_demo(
     settings: Settings, *, count: int, max_tokens: int, out: Any = sys.stdout
 ) -> int:
     """Run consumer + sample producer against ``settings``' broker; returns results seen."""
-    from consumer.service import ConsumerService
+    from consumer.runtime.service import ConsumerService
 
     await ensure_service_topics(settings)
     codec = Codec()
@@ -127,7 +127,7 @@ async def run_demo(
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from consumer.devbroker import local_run_settings
+    from consumer.dev.devbroker import local_run_settings
 
     overrides: dict[str, Any] = {"engine": args.engine} if args.engine else {}
     with local_run_settings("demo", **overrides) as settings:

@@ -26,10 +26,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-from consumer.gpu import GpuProbe
+from consumer.ops.gpu import GpuProbe
 
 if TYPE_CHECKING:
-    from consumer.lag import LagReport
+    from consumer.kafka.lag import LagReport
 
 __all__ = ["BREAKER_STATES", "STATUSES", "LagSecondsEstimator", "Metrics"]
 

@@ -29,7 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumer.offsets import OffsetTracker
+from consumer.core.offsets import OffsetTracker
 
 __all__ = ["TransactionalPublisher"]
 

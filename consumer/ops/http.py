@@ -3,7 +3,7 @@
 GET /health, GET /ready (503 with the reasons when not ready), GET /status; admin routes
 (POST /admin/warmup, POST /admin/reload, GET /admin/stats) need ``Authorization: Bearer
 $ADMIN_TOKEN`` and do not exist (404) when no token is configured; GET /metrics when a
-:class:`~consumer.metrics.Metrics` is given.
+:class:`~consumer.ops.metrics.Metrics` is given.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 
-from consumer.metrics import Metrics
+from consumer.ops.metrics import Metrics
 from schemas.errors import ConfigError, ExplainstreamError, ValidationError
 
 __all__ = ["HttpServer", "ServiceControl"]

@@ -1,0 +1,1 @@
+"""Pure policy: scheduler, offset tracker, breaker, admission decisions (no aiokafka, no llama)."""

@@ -1,0 +1,1 @@
+"""Developer tools: dev broker, demo, benchmarks, synthetic models (the runtime never imports this)."""

@@ -1,0 +1,1 @@
+"""Edges of the system: the HTTP gateway (old API over Kafka) and replay."""

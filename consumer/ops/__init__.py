@@ -1,0 +1,1 @@
+"""Operations surface: HTTP routes, Prometheus metrics, GPU telemetry, status."""

@@ -1,0 +1,1 @@
+"""ConsumerService (lifecycle and wiring) and the request runner."""
