@@ -97,8 +97,26 @@ class Settings(BaseModel):
     breaker_min_calls: int = Field(5, ge=1)
     breaker_open_s: float = Field(30.0, gt=0)
     breaker_probes: int = Field(2, ge=1)
+    breaker_half_open_timeout_s: float = Field(60.0, gt=0)  # a probe never answered frees
     drain_timeout_s: float = Field(30.0, gt=0)
     commit_interval_ms: int = Field(500, ge=10)
+    # After this a result that cannot be written is answered FAILED on the default topic.
+    publish_timeout_s: float = Field(30.0, gt=0)
+    # Comma-separated topics a request's reply_to may name; unset: this deployment's results.
+    reply_to_allowed: str | None = None
+    # Completed-but-uncommitted offsets one partition may hold before it is paused.
+    max_uncommitted_per_partition: int = Field(1000, ge=1)
+    max_context_bytes: int = Field(16_384, ge=256)  # encoded context fields, per request
+
+    # Prompt profiles, accounting, schema registry
+    prompt_profiles_path: str | None = None
+    cost_per_gpu_hour: float | None = Field(None, ge=0)
+    model_dir: str | None = None  # /admin/reload accepts model files under it only
+    schema_registry_url: str | None = None
+    schema_registry_username: str | None = None
+    schema_registry_password: str | None = None
+    schema_registry_token: str | None = None
+    schema_registry_cafile: str | None = None
 
     # HTTP and metrics
     http_port: int = Field(8000, ge=0, le=65535)
