@@ -9,6 +9,7 @@ flight at a time. Figures are printed, never asserted: benchmarks are not tests.
 from __future__ import annotations
 
 import argparse
+import importlib
 import asyncio
 import json
 import math
@@ -398,6 +399,17 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Modules adding ``bench`` subcommands through ``register(sub)``, in help order.
+BENCH_MODULES: tuple[str, ...] = (
+    "consumer.dev.bench_peer",
+    "consumer.dev.bench_pipeline",
+    "consumer.dev.bench_priority",
+    "consumer.dev.bench_memory",
+    "consumer.dev.bench_scale",
+    "consumer.dev.bench_e2e",
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` with its ``engine``, ``make-model`` and ``pipeline`` subcommands."""
     bench = subparsers.add_parser("bench", help="benchmarks (print figures)")
@@ -428,6 +440,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mk.add_argument("--out", required=True, help="GGUF file to write")
     mk.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     mk.set_defaults(func=_cmd_make_model)
-    from consumer.dev.bench_pipeline import register as register_pipeline
-
-    register_pipeline(sub)
+    for name in BENCH_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
