@@ -9,8 +9,8 @@ flight at a time. Figures are printed, never asserted: benchmarks are not tests.
 from __future__ import annotations
 
 import argparse
-import importlib
 import asyncio
+import importlib
 import json
 import math
 import os
