@@ -167,10 +167,29 @@ def kubernetes_schemas() -> Path:
             continue
         text = path.read_text().replace('"/api/_definitions.json#/$defs/', '"#/$defs/')
         schema = json.loads(text)
-        schema["$defs"] = definitions
+        schema["$defs"] = {name: definitions[name] for name in _reachable(schema, definitions)}
         (out / path.name).write_text(json.dumps(schema))
     marker.write_text(KUBERNETES_VERSION)
     return out
+
+
+def _reachable(schema: Any, definitions: dict[str, Any]) -> set[str]:
+    """Names of the definitions ``schema`` refers to, directly or through each other."""
+    found: set[str] = set()
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                name = ref.removeprefix("#/$defs/")
+                if name not in found:
+                    found.add(name)
+                    pending.append(definitions[name])
+            pending.extend(value for key, value in node.items() if key != "$defs")
+        elif isinstance(node, list):
+            pending.extend(node)
+    return found
 
 
 def crd_schemas() -> Path:
