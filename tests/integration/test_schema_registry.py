@@ -5,16 +5,22 @@ registry ids too and decode; the CLI and the SDK's ``from_env`` use SCHEMA_REGIS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from consumer.config import Settings
+from consumer.edge.gateway import serve
+from consumer.edge.replay import replay
 from consumer.kafka.topics import ensure_service_topics
 from consumer.runtime.service import ConsumerService
 from producer_sdk import ExplanationProducer, KafkaConnection, ResultsReader
@@ -143,3 +149,56 @@ async def test_a_codec_whose_registry_is_down_says_retriable_not_undecodable(
     fresh = build_codec(schema_registry)
     await fresh.resolve(data)
     assert fresh.decode_request(data).context.symbol == "S0"
+
+
+async def test_gateway_and_replay_use_the_registry(
+    make_settings: Callable[..., Settings], schema_registry: str
+) -> None:
+    settings = make_settings(schema_registry_url=schema_registry)
+    await ensure_service_topics(settings)
+    boot, prefix = settings.kafka_bootstrap_servers, settings.kafka_topic_prefix
+    conn = KafkaConnection(bootstrap_servers=boot)
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    stop = asyncio.Event()
+    server = asyncio.create_task(
+        serve(
+            conn, prefix, host="127.0.0.1", port=port, stop=stop, codec=build_codec(schema_registry)
+        )
+    )
+    try:
+        async with ConsumerService(settings), aiohttp.ClientSession() as session:
+            body = {"context": {"analysis_type": "sentiment", "symbol": "GW", "iv_rank": 65}}
+            async with asyncio.timeout(60):
+                while True:  # until the gateway listens (serve() binds in the background)
+                    try:
+                        async with session.post(f"http://127.0.0.1:{port}/explain", json=body) as r:
+                            status, answer = r.status, await r.json()
+                            break
+                    except aiohttp.ClientConnectorError:
+                        await asyncio.sleep(0.1)
+            assert status == 200, answer
+            assert answer["status"] == "OK" and answer["explanation"]
+    finally:
+        stop.set()
+        await server
+    [sent] = await collect(boot, settings.request_topics()["normal"], 1, decode=None)
+    registry_id = subject_id(schema_registry, "ExplanationRequest-value")
+    assert _schema_id(sent.value) == registry_id
+
+    report = await replay(
+        conn,
+        prefix,
+        since=datetime.now(UTC) - timedelta(hours=1),
+        until=datetime.now(UTC) + timedelta(minutes=1),
+        tiers=["normal"],
+        into="low",
+        codec=build_codec(schema_registry),
+    )
+    assert (report.replayed, report.undecodable) == (1, 0), "registry ids decoded, not skipped"
+    [copy] = await collect(boot, settings.request_topics()["low"], 1, decode=None)
+    assert _schema_id(copy.value) == registry_id
+    decoded = build_codec(schema_registry)
+    await decoded.resolve(copy.value)
+    assert decoded.decode_request(copy.value).replay_of == answer["request_id"]
