@@ -27,7 +27,7 @@ demo: $(VENV)/.installed kafka-jars
 # Every test runs: a skipped test fails the run (tests/deploy/noskip.py), so a missing
 # tool is a red line naming it, never a silent gap.
 test: setup
-	$(BIN)/pytest -q -ra --durations=15 -p tests.deploy.noskip
+	$(BIN)/python -m pytest -q -ra --durations=15 -p tests.deploy.noskip
 
 # -- set-up (each step is cached and skips itself when done) ---------------------------------
 
