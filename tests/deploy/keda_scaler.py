@@ -1,13 +1,13 @@
 """What KEDA's Kafka scaler reports for a consumer group, and what the HPA then asks for.
 
-A plain-value transcription of ``pkg/scalers/kafka_scaler.go`` in github.com/kedacore/keda
-(read at v2.20.1-117-g8b4f083, the branch after v2.20.1; same logic in the v2.21.0 module
-whose CRDs the validators use):
+A plain-value transcription of ``pkg/scalers/kafka_scaler.go`` of the Go module
+``github.com/kedacore/keda/v2@v2.21.0`` (the release whose CRDs the validators use):
 
 * ``getLagForPartition``: lag = latest offset - committed offset. With no committed offset
   (-1): policy ``latest`` counts 1 (0 with ``scaleToZeroOnInvalidOffset``); policy
-  ``earliest`` counts the whole partition, ``latestOffset`` (0 with
-  ``scaleToZeroOnInvalidOffset``) -- from offset 0, not from the log start.
+  ``earliest`` counts the retained records, ``max(0, latest - earliest)`` (0 with
+  ``scaleToZeroOnInvalidOffset``). Releases before 2.21 counted ``latest`` there, from
+  offset 0 rather than from the log start: the same until retention deletes a head.
 * ``getTotalLag``: the sum over the trigger's partitions. Unless ``allowIdleConsumers`` (or
   with ``limitToPartitionsWithLag``), the metric is capped: ``if totalLag/lagThreshold >
   upperBound { totalLag = upperBound * lagThreshold }`` in Go integer division, where
@@ -19,8 +19,8 @@ whose CRDs the validators use):
 The HPA gets the metric as an ``AverageValue`` target of ``lagThreshold``, so one trigger
 asks for ``ceil(metric / lagThreshold)`` replicas; KEDA's HPA follows the largest ask,
 clamped to [minReplicaCount, maxReplicaCount] (``scalingModifiers`` replace the maximum by a
-formula). ``explainstream lag`` counts a partition without a committed offset from its log
-start, so the two agree whenever retention has not deleted the partition's head.
+formula). ``explainstream lag`` also counts a partition without a committed offset from its
+log start.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ INVALID_OFFSET = -1
 def partition_lag(
     committed: int,
     latest: int,
+    earliest: int = 0,
     *,
     offset_reset_policy: str = "earliest",
     scale_to_zero_on_invalid_offset: bool = False,
@@ -45,7 +46,7 @@ def partition_lag(
     if committed == INVALID_OFFSET:
         if offset_reset_policy == "latest":
             return 0 if scale_to_zero_on_invalid_offset else 1
-        return 0 if scale_to_zero_on_invalid_offset else latest
+        return 0 if scale_to_zero_on_invalid_offset else max(0, latest - earliest)
     return latest - committed
 
 
@@ -62,7 +63,7 @@ class TriggerMetric:
 
 
 def trigger_metric(
-    offsets: Mapping[int, tuple[int, int]],
+    offsets: Mapping[int, tuple[int, int, int]],
     *,
     lag_threshold: int,
     activation_lag_threshold: int = 0,
@@ -72,11 +73,11 @@ def trigger_metric(
 ) -> TriggerMetric:
     """KEDA's ``getTotalLag`` + ``GetMetricsAndActivity`` for one topic.
 
-    ``offsets`` maps partition -> (committed offset or -1, latest offset).
+    ``offsets`` maps partition -> (committed offset or -1, earliest offset, latest offset).
     """
     lags = [
-        partition_lag(committed, latest, offset_reset_policy=offset_reset_policy)
-        for committed, latest in offsets.values()
+        partition_lag(committed, latest, earliest, offset_reset_policy=offset_reset_policy)
+        for committed, earliest, latest in offsets.values()
     ]
     total = sum(lags)
     with_lag = sum(1 for lag in lags if lag > 0)

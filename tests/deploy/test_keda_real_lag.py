@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from consumer.config import TIERS, Settings
 from consumer.kafka.topics import ensure_service_topics
@@ -26,7 +26,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.deploy]
 
 # tier -> partition -> (records produced, offset the group committed or None)
 BACKLOG: dict[str, dict[int, tuple[int, int | None]]] = {
-    "urgent": {0: (20, 5), 1: (10, None), 2: (10, 10)},  # 25 lagging on 2 partitions
+    # 15 + 6 lagging on 2 partitions: partition 1 has no commit and its first 4 records are
+    # deleted (as retention would), so both count it from its log start.
+    "urgent": {0: (20, 5), 1: (10, None), 2: (10, 10)},
     "high": {0: (0, None), 1: (0, None), 2: (0, None)},  # idle
     "normal": {0: (30, 10), 1: (0, None), 2: (0, None)},  # 20 on one partition
     "low": {0: (0, None), 1: (1200, None), 2: (0, None)},  # a skewed replay: 1200 on one
@@ -63,10 +65,20 @@ async def _produce_backlog(settings: Settings) -> None:
         await consumer.commit(commits)
     finally:
         await consumer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_records(
+            {TopicPartition(settings.request_topics()["urgent"], 1): RecordsToDelete(4)}
+        )
+    finally:
+        await admin.close()
 
 
-async def _offsets_as_keda_reads_them(settings: Settings) -> dict[str, dict[int, tuple[int, int]]]:
-    """The group's committed offsets (OffsetFetch) and the latest offsets (ListOffsets)."""
+async def _offsets_as_keda_reads_them(
+    settings: Settings,
+) -> dict[str, dict[int, tuple[int, int, int]]]:
+    """The group's committed offsets (OffsetFetch), earliest and latest offsets (ListOffsets)."""
     boot = settings.kafka_bootstrap_servers
     admin = AIOKafkaAdminClient(bootstrap_servers=boot)
     consumer = AIOKafkaConsumer(bootstrap_servers=boot, enable_auto_commit=False)
@@ -74,13 +86,15 @@ async def _offsets_as_keda_reads_them(settings: Settings) -> dict[str, dict[int,
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(settings.kafka_group_id)
-        out: dict[str, dict[int, tuple[int, int]]] = {}
+        out: dict[str, dict[int, tuple[int, int, int]]] = {}
         for tier, topic in settings.request_topics().items():
             tps = [TopicPartition(topic, p) for p in range(settings.kafka_partitions)]
+            earliest = await consumer.beginning_offsets(tps)
             latest = await consumer.end_offsets(tps)
             out[tier] = {
                 tp.partition: (
                     committed[tp].offset if tp in committed else INVALID_OFFSET,
+                    earliest[tp],
                     latest[tp],
                 )
                 for tp in tps
@@ -157,20 +171,22 @@ async def test_kedas_metric_equals_explainstream_lag_and_each_tier_asks_its_repl
     print("\n" + "\n".join(rows))
 
     # Before KEDA's cap, its lag is exactly explainstream lag, tier by tier and partition by
-    # partition (no retention deleted anything, so "from offset 0" = "from the log start").
+    # partition (both count a partition without a commit from its log start).
     for tier in TIERS:
         assert metrics[tier].lag == lag["tiers"][tier]
+    assert offsets["urgent"][1] == (INVALID_OFFSET, 4, 10)
+    assert metrics["urgent"].lag == 21
     by_partition = {(row["tier"], row["partition"]): row["lag"] for row in lag["partitions"]}
     for tier, parts in offsets.items():
-        for p, (committed, latest) in parts.items():
-            expected = latest - (0 if committed == INVALID_OFFSET else committed)
+        for p, (committed, earliest, latest) in parts.items():
+            expected = latest - (earliest if committed == INVALID_OFFSET else committed)
             assert by_partition[(tier, p)] == expected
     assert sum(m.lag for m in metrics.values()) == lag["total_lag"]
 
     # What each tier's trigger asks for, with the chart's thresholds (5, 20, 100, 500):
     asks = {t: (m.metric, m.replicas, m.active) for t, m in metrics.items()}
     assert asks == {
-        "urgent": (15, 3, True),  # lag 25 -> 5 replicas, capped at 3 partitions x 5
+        "urgent": (15, 3, True),  # lag 21 -> 5 replicas, capped at 3 partitions x 5
         "high": (0, 0, False),
         "normal": (20, 1, True),  # 20 / 100 -> 1
         "low": (500, 1, True),  # 1200 on one partition: limitToPartitionsWithLag caps at 1
