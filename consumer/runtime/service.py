@@ -44,7 +44,6 @@ from consumer.engines.prompts import list_profiles
 from consumer.core.offsets import OffsetTracker
 from consumer.core.scheduler import Buffered, TierScheduler
 from consumer.kafka.topics import settings_connection
-from schemas.codec import Codec
 from schemas.errors import (
     DeadlineExceeded,
     DecodeError,
@@ -60,6 +59,7 @@ from schemas.models import (
     SourceOffset,
     utcnow,
 )
+from schemas.registry import codec_from_settings
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -128,7 +128,7 @@ class ConsumerService:
                 from consumer.ops.metrics import Metrics
 
                 self.metrics = Metrics()
-        self.codec = Codec()
+        self.codec = codec_from_settings(settings)
         self.consumer_id = settings.consumer_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = settings.request_topics()
         self._tier_of_topic = {topic: tier for tier, topic in self.topics.items()}
