@@ -9,22 +9,25 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 __all__ = ["URGENT", "desired_pauses", "fetch_budget", "may_dispatch"]
 
 #: Effective priority that may overcommit the engine (the scheduler's tier 0, after aging).
 URGENT = 0
 
+P = TypeVar("P", bound=Hashable)
+
 
 def desired_pauses(
-    tier_of: Mapping[Hashable, int],
+    tier_of: Mapping[P, int],
     *,
     full_tiers: Iterable[int],
     breaker_open: bool,
-    hold: Iterable[Hashable] = (),
-    uncommitted: Mapping[Hashable, int] | None = None,
+    hold: Iterable[P] = (),
+    uncommitted: Mapping[P, int] | None = None,
     max_uncommitted: int | None = None,
-) -> set[Hashable]:
+) -> set[P]:
     """Partitions to pause: all while the breaker is open, those of full tiers, those the
     caller holds (revoking, not ready, lost, waiting to retry a decode) and those whose
     handled-but-uncommitted records reached ``max_uncommitted``."""
@@ -32,7 +35,7 @@ def desired_pauses(
         return set(tier_of)
     full = set(full_tiers)
     held = set(hold)
-    out: set[Hashable] = set()
+    out: set[P] = set()
     for tp, tier in tier_of.items():
         if (
             tier in full

@@ -248,7 +248,7 @@ async def test_engine_slower_than_max_poll_interval_with_every_tier_full_keeps_m
         )
     )
     boot = settings.kafka_bootstrap_servers
-    for tier, topic in settings.request_topics().items():
+    for topic in settings.request_topics().values():
         await produce_requests(boot, topic, [make_request(i) for i in range(3)])
     registry = CollectorRegistry()
     async with ConsumerService(settings, metrics=Metrics(registry)):
