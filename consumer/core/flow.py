@@ -30,7 +30,7 @@ def desired_pauses(
 ) -> set[P]:
     """Partitions to pause: all while the breaker is open, those of full tiers, those the
     caller holds (revoking, not ready, lost, waiting to retry a decode) and those whose
-    handled-but-uncommitted records reached ``max_uncommitted``."""
+    taken-but-uncommitted records reached ``max_uncommitted``."""
     if breaker_open:
         return set(tier_of)
     full = set(full_tiers)
@@ -50,8 +50,14 @@ def desired_pauses(
     return out
 
 
-def fetch_budget(free: Sequence[int], fetchable_tiers: Iterable[int], cap: int = 100) -> int:
-    """``max_records`` for one fetch: the room of the fetchable tier with the *least* room.
+def fetch_budget(
+    free: Sequence[int],
+    fetchable_tiers: Iterable[int],
+    cap: int = 100,
+    partition_rooms: Iterable[int] = (),
+) -> int:
+    """``max_records`` for one fetch: the least room among the fetchable tiers (and the
+    fetchable partitions' room under MAX_UNCOMMITTED_PER_PARTITION).
 
     Any fetchable partition may fill the whole fetch, so only the smallest room is safe.
     0 means "fetch nothing" (the caller still polls, with ``max_records=1`` on paused
@@ -60,6 +66,7 @@ def fetch_budget(free: Sequence[int], fetchable_tiers: Iterable[int], cap: int =
     rooms = [free[t] for t in set(fetchable_tiers)]
     if not rooms:
         return 0
+    rooms.extend(partition_rooms)
     return max(0, min(min(rooms), cap))
 
 

@@ -101,7 +101,7 @@ class Intake:
             full_tiers=[i for i in range(len(self._tiers)) if self._scheduler.is_full(i)],
             breaker_open=self._breaker_open(now),
             hold=self._book.held(now),
-            uncommitted={tp: self._tracker.uncommitted_done(tp) for tp in tier_of},
+            uncommitted={tp: self._tracker.uncommitted(tp) for tp in tier_of},
             max_uncommitted=self._max_uncommitted,
         )
 
@@ -120,8 +120,14 @@ class Intake:
                 consumer.resume(*(have - want))
             self.paused = want
             tier_of = self._book.tiers()
-            free = [self._scheduler.free(i) for i in range(len(self._tiers))]
-            budget = fetch_budget(free, {tier_of[tp] for tp in assigned - want if tp in tier_of})
+            fetchable = [tp for tp in assigned - want if tp in tier_of]
+            budget = fetch_budget(
+                [self._scheduler.free(i) for i in range(len(self._tiers))],
+                {tier_of[tp] for tp in fetchable},
+                partition_rooms=[
+                    self._max_uncommitted - self._tracker.uncommitted(tp) for tp in fetchable
+                ],
+            )
             try:
                 batch = await consumer.getmany(timeout_ms=100, max_records=max(1, budget))
             except KafkaError as exc:
