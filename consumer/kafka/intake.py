@@ -154,7 +154,8 @@ class Intake:
                 if self._book.state(tp) is not PartitionState.READY:
                     break  # revoked or lost while we awaited a resolve or a DLQ slot
                 try:
-                    await self._codec.resolve(record.value)
+                    if record.value is not None:  # a tombstone fails in decode: DLQ
+                        await self._codec.resolve(record.value)
                     request = self._codec.decode_request(record.value)
                 except DecodeError as exc:
                     if exc.retriable:

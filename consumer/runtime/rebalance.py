@@ -41,8 +41,11 @@ class RebalanceMixin:
         self.book.assigning(assigned, tier_of, now)
         assert self.sink is not None
         ready = await self.sink.open(set(assigned))
-        if ready != assigned:
-            log.error("partitions %s could not be prepared; they stay paused", assigned - ready)
+        for tp in assigned - ready:
+            # Held like a fenced partition: paused, and /health fails if the group does not
+            # take it back within two session timeouts (a restart then retries).
+            self.book.lost(tp, now)
+            log.error("partition %s could not be prepared; held until the group moves it", tp)
         await seek_to_committed(self._consumer, ready)
         self.tracker.forget(assigned)
         self.book.ready(ready, time.monotonic())
