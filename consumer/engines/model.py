@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUNDLED_MODEL_PACKAGE",
+    "available_memory_bytes",
+    "cgroup_cpu_limit",
     "context_size",
     "default_model_path",
     "file_sha256",
@@ -35,6 +37,7 @@ __all__ = [
     "quantization_name",
     "resolve_model_path",
     "seq_budget",
+    "usable_cpus",
     "validate_model_file",
 ]
 
@@ -266,3 +269,78 @@ def model_info(metadata: dict[str, str], path: str, settings: Settings, n_ctx: i
         context_size=n_ctx,
         model_sha256=file_sha256(path),
     )
+
+
+def available_memory_bytes(on_gpu: bool) -> int | None:
+    """Free memory a new model would load into: GPU 0's (NVML) or the host's MemAvailable.
+
+    None when it cannot be read.
+    """
+    if on_gpu:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+                return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception:  # no NVML, no driver: fall back to the host's figure
+            pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def cgroup_cpu_limit(
+    cpu_max: str | None, quota_us: str | None, period_us: str | None
+) -> float | None:
+    """CPUs a cgroup allows: from v2 ``cpu.max`` ("200000 100000") or v1 quota/period.
+
+    None when unlimited or unknown.
+    """
+    try:
+        if cpu_max is not None:
+            quota, _, period = cpu_max.strip().partition(" ")
+            if quota != "max" and period:
+                return int(quota) / int(period)
+            return None
+        if quota_us is not None and period_us is not None:
+            q = int(quota_us)
+            return q / int(period_us) if q > 0 else None
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota.
+
+    ``os.cpu_count()`` reports the host's cores even inside a container limited to two.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(
+        _read("/sys/fs/cgroup/cpu.max"),
+        _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+        _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+    )
+    if limit is not None:
+        cpus = min(cpus, max(1, int(limit)))
+    return max(1, cpus)
