@@ -212,6 +212,16 @@ def init_llama_backend() -> None:
             _backend_ready = True
 
 
+#: What N_GPU_LAYERS=-1 ("every layer") becomes. llama-cpp-python's own 0x7FFFFFFF crashes
+#: the vendored llama.cpp's CUDA loader (seen on an H200), so "all" is a large plain count.
+ALL_GPU_LAYERS = 999
+
+
+def gpu_layers_param(n_gpu_layers: int) -> int:
+    """llama.cpp's n_gpu_layers for our setting (-1: every layer)."""
+    return ALL_GPU_LAYERS if n_gpu_layers < 0 else n_gpu_layers
+
+
 def load_model(path: str, n_gpu_layers: int) -> Any:
     """Validate and load a GGUF with llama.cpp; returns the ``llama_model_p`` handle."""
     validate_model_file(path)
@@ -219,7 +229,7 @@ def load_model(path: str, n_gpu_layers: int) -> Any:
     import llama_cpp
 
     params = llama_cpp.llama_model_default_params()
-    params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
+    params.n_gpu_layers = gpu_layers_param(n_gpu_layers)
     try:
         model = llama_cpp.llama_model_load_from_file(path.encode(), params)
     except Exception as exc:  # ctypes/OS errors while loading
