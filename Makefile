@@ -17,7 +17,7 @@ GO_MODULES := github.com/kedacore/keda/v2@v2.21.0 \
 	github.com/compose-spec/compose-go/v2@v2.16.2
 
 .PHONY: install llama-wheel prometheus kafka-jars registry-jars validators setup lint test \
-	test-fast ci bench demo validate chart-schema clean
+	test-fast ci bench demo validate chart-schema clean gpu-assets
 
 # -- the two commands ----------------------------------------------------------------------
 
@@ -110,3 +110,23 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# What consumer/dev/gpu_bench.sh needs on a GPU machine without network access, in .gpu/:
+# the pinned sdist without vocab files/docs/git objects, wheels for Python 3.12, vocab.gguf.
+GPU_WHEELS := aiokafka==0.14.0 fastavro pydantic pydantic-core annotated-types typing-inspection \
+	typing_extensions pydantic-settings python-dotenv gguf diskcache async-timeout
+gpu-assets: $(VENV)/.installed
+	mkdir -p .gpu/whl $(CACHE)/sdist
+	test -f $(CACHE)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz || $(BIN)/pip download -q \
+		--no-deps --no-binary :all: -d $(CACHE)/sdist llama-cpp-python==$(LLAMA_CPP_VERSION)
+	rm -rf .gpu/src && mkdir -p .gpu/src && tar xzf \
+		$(CACHE)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C .gpu/src
+	tar czf .gpu/llama_cpp_python-$(LLAMA_CPP_VERSION)-stripped.tar.gz -C .gpu/src \
+		--exclude=.git --exclude='*/vendor/llama.cpp/models' --exclude='*/vendor/llama.cpp/docs' \
+		--exclude='*/vendor/llama.cpp/media' llama_cpp_python-$(LLAMA_CPP_VERSION)
+	rm -rf .gpu/src
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform any -d .gpu/whl $(GPU_WHEELS)
+	$(BIN)/explainstream bench make-model --shape vocab-only --out .gpu/vocab.gguf
+	@du -sh .gpu
