@@ -50,9 +50,11 @@ async def test_at_most_limit_sends_run_and_the_intake_waits_for_a_slot() -> None
     sink, done = _Sink(), []
     letters = _letters(sink, done, limit=3)
     for offset in range(3):
+        assert not letters.full()
         await asyncio.wait_for(
             letters.submit(TP, _record(offset), ValueError("x"), stage="decode"), 1
         )
+    assert letters.full()  # the intake holds the partition instead of waiting
     fourth = asyncio.create_task(letters.submit(TP, _record(3), ValueError("x"), stage="decode"))
     for _ in range(10):
         await asyncio.sleep(0)  # let it run as far as it can
