@@ -82,6 +82,7 @@ class Scenario:
             "aborted_hidden": verdict.aborted_hidden,
             "duplicates_below_commit": verdict.duplicates_below_commit,
             "faults": len(self.history.faults),
+            "identical_copies": verdict.identical_copies,
             **extra,
         }
         self.rows.append(
@@ -98,6 +99,9 @@ class Scenario:
             )
         )
         problems = verdict.problems(bound)
+        if self.history.below_commit:
+            sample = sorted(self.history.below_commit.items())[:5]
+            problems.append(f"faults at committed {self.history.faults}; e.g. {sample}")
         assert not problems, f"{self.name} [{self.delivery}]: " + "; ".join(problems)
         return verdict
 

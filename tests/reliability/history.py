@@ -58,6 +58,7 @@ class Verdict:
     poison: int
     aborted_hidden: int  # records in aborted/fenced transactions, hidden from read_committed
     duplicates_below_commit: int = 0  # duplicates at offsets already committed at a fault
+    identical_copies: int = 0  # duplicates byte-identical to another output: a resent record
 
     def problems(self, duplicate_bound: int) -> list[str]:
         """Human-readable violations (empty when the guarantee held)."""
@@ -70,7 +71,10 @@ class Verdict:
                 f"(e.g. at {self.duplicated_inputs[:3]})"
             )
         if self.duplicates_below_commit:
-            out.append(f"{self.duplicates_below_commit} duplicates below a committed offset")
+            out.append(
+                f"{self.duplicates_below_commit} duplicates below a committed offset "
+                f"({self.identical_copies} identical copies of one send)"
+            )
         if self.phantoms:
             out.append(f"{self.phantoms} outputs answer no recorded input")
         return out
@@ -85,15 +89,22 @@ class History:
     dlq_topic: str
     inputs: dict[Position, Input] = field(default_factory=dict)
     faults: list[dict[Position, int]] = field(default_factory=list)
+    below_commit: dict[Position, list[tuple[str, str]]] = field(default_factory=dict)
 
     # -- inputs -------------------------------------------------------------------------
 
     async def produce(
-        self, topic: str, records: Iterable[tuple[str | None, bytes, bytes]]
+        self,
+        topic: str,
+        records: Iterable[tuple[str | None, bytes, bytes]],
+        *,
+        pace_s: float = 0.0,
     ) -> list[Input]:
         """Send (request_id or None, key, value) records, record where each landed.
 
         The producer is idempotent with retries, so a retried send cannot duplicate an input.
+        ``pace_s`` spreads the sends (a pause every 20 records), so that a fault can hit
+        them in flight.
         """
         producer = AIOKafkaProducer(
             **self.conn.aiokafka_kwargs(),
@@ -104,9 +115,11 @@ class History:
         )
         await producer.start()
         try:
-            sent = [
-                (rid, await producer.send(topic, value, key=key)) for rid, key, value in records
-            ]
+            sent = []
+            for n, (rid, key, value) in enumerate(records, start=1):
+                sent.append((rid, await producer.send(topic, value, key=key)))
+                if pace_s and n % 20 == 0:
+                    await asyncio.sleep(pace_s)
             out = []
             for rid, future in sent:
                 meta = await future
@@ -117,11 +130,14 @@ class History:
         finally:
             await producer.stop()
 
-    async def produce_requests(self, topic: str, requests: list[ExplanationRequest]) -> None:
+    async def produce_requests(
+        self, topic: str, requests: list[ExplanationRequest], *, pace_s: float = 0.0
+    ) -> None:
         """Encode and send valid requests keyed by request_id."""
         await self.produce(
             topic,
             [(r.request_id, r.request_id.encode(), CODEC.encode_request(r)) for r in requests],
+            pace_s=pace_s,
         )
 
     async def record_from_log(self, topic: str) -> int:
@@ -135,6 +151,20 @@ class History:
                 self.inputs[pos] = Input(r.topic, r.partition, r.offset, rid)
                 added += 1
         return added
+
+    async def wait_log_size(self, topic: str, count: int, timeout_s: float = 60) -> None:
+        """Wait until ``topic`` holds at least ``count`` records (sum of end offsets)."""
+        consumer = AIOKafkaConsumer(**self.conn.aiokafka_kwargs())
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
+            deadline = time.monotonic() + timeout_s
+            while sum((await consumer.end_offsets(tps)).values()) < count:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{topic} never reached {count} records")
+                await asyncio.sleep(0.05)
+        finally:
+            await consumer.stop()
 
     @property
     def request_ids(self) -> set[str]:
@@ -277,6 +307,9 @@ class History:
         hits: Counter[Position] = Counter()
         phantoms = 0
         statuses: Counter[str] = Counter()
+        # Same request, consumer and completion instant twice: one send written twice
+        # (a producer retry without idempotence), not a request processed twice.
+        copies = Counter((r.request_id, r.consumer_id, r.completed_at) for r in results)
         for r in results:
             # A result names the record it answers; a valid input must also match by id.
             src = r.request_offset
@@ -296,10 +329,21 @@ class History:
         ]
         dups = [pos for pos, n in hits.items() if n > 1]
         # A request may be answered again once per fault at which it was not yet committed.
-        below = sum(
-            max(0, hits[pos] - 1 - sum(pos[2] >= f.get((pos[0], pos[1], 0), 0) for f in self.faults))
+        excess = {
+            pos: hits[pos] - 1 - sum(pos[2] >= f.get((pos[0], pos[1], 0), 0) for f in self.faults)
             for pos in dups
-        )
+        }
+        below = sum(n for n in excess.values() if n > 0)
+        self.below_commit = {
+            pos: sorted(
+                (r.consumer_id, r.completed_at.isoformat())
+                for r in results
+                if (r.request_offset.topic, r.request_offset.partition, r.request_offset.offset)
+                == pos
+            )
+            for pos, n in excess.items()
+            if n > 0
+        }
         return Verdict(
             requests=len(self.inputs),
             answered=sum(1 for i in self.inputs.values() if hits[i.position]),
@@ -312,6 +356,7 @@ class History:
             poison=sum(1 for i in self.inputs.values() if i.request_id is None),
             aborted_hidden=raw - len(results) - len(dead),
             duplicates_below_commit=below,
+            identical_copies=sum(n - 1 for n in copies.values()),
         )
 
 

@@ -73,13 +73,8 @@ async def test_broker_frozen_past_the_session_timeout_then_restarted(
     # Restart under load: requests are being produced while the broker dies, so the
     # producer's retries meet a restarted broker (idempotence must keep them single).
     more = [make_request(1000 + i) for i in range(300)]
-
-    async def produce_slowly() -> None:
-        for i in range(0, len(more), 20):
-            await sc.history.produce_requests(sc.topic, more[i : i + 20])
-
-    producing = asyncio.create_task(produce_slowly())
-    await sc.history.wait_count(len(sc.history.request_ids) // 2)
+    producing = asyncio.create_task(sc.history.produce_requests(sc.topic, more, pace_s=0.2))
+    await sc.history.wait_log_size(sc.topic, 300 + 100)
     await sc.history.mark_fault(sc.settings.kafka_group_id)
     broker.kill_node(0)
     down_at = time.monotonic()
