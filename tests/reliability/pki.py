@@ -57,10 +57,11 @@ def make_pki(directory: Path) -> Pki:
         "-CAcreateserial", "-days", "2", "-out", "server.crt", "-extfile", "server.ext",
         cwd=directory,
     )  # fmt: skip
-    # Kafka's PEM keystore wants an encrypted PKCS#8 key (with ssl.key.password).
+    # Kafka's PEM keystore wants an encrypted PKCS#8 key (with ssl.key.password), and
+    # Java 17 decrypts PBES1 schemes only (PBES2 is "SecretKeyFactory not available").
     _ssl(
         "pkcs8", "-topk8", "-in", "server.key", "-out", "server.p8",
-        "-v2", "aes-256-cbc", "-passout", f"pass:{KEY_PASSWORD}",
+        "-v1", "PBE-SHA1-3DES", "-passout", f"pass:{KEY_PASSWORD}",
         cwd=directory,
     )  # fmt: skip
     keystore = directory / "server-keystore.pem"

@@ -89,8 +89,8 @@ async def test_broker_frozen_past_the_session_timeout_then_restarted(
     bound = 0 if delivery == "exactly-once" else alo_bound(sc.settings, 2)
     await sc.finish(
         bound,
-        f"same process throughout: answering again {after_thaw:.0f} s after thaw and "
-        f"{after_restart:.0f} s after the broker was back ({restart_s:.0f} s down); "
+        f"same process throughout: answering {after_thaw:.1f} s after the thaw and "
+        f"{after_restart:.1f} s after the broker was back ({restart_s:.0f} s down); "
         "0 duplicate inputs from producer retries",
         after_thaw_s=round(after_thaw, 1),
         after_restart_s=round(after_restart, 1),
