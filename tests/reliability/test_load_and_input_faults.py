@@ -7,6 +7,7 @@ import asyncio
 import math
 import random
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -206,9 +207,9 @@ def _hostile(rng: random.Random) -> list[tuple[str, bytes]]:
 
 @pytest.mark.parametrize("delivery", DELIVERIES)
 async def test_hostile_input_at_scale(scenario: ScenarioFactory, delivery: str) -> None:
-    sc = await scenario("8 hostile input (220 records) amid 150 valid", delivery)
     rng = random.Random(8)
     hostile = _hostile(rng)
+    sc = await scenario(f"8 hostile input ({len(hostile)} records) amid 150 valid", delivery)
     valid = [make_request(i) for i in range(150)]
     mixed: list[tuple[str | None, bytes, bytes]] = []
     for kind, data in hostile:
@@ -230,24 +231,25 @@ async def test_hostile_input_at_scale(scenario: ScenarioFactory, delivery: str) 
     assert proc.alive(), proc.log()[-3000:]
     results = await sc.history.outputs()
     by_pos = {(r.request_offset.topic, r.request_offset.partition, r.request_offset.offset): r for r in results}
-    outcome: dict[str, str] = {}
+    outcome: dict[str, Counter[str]] = {}
     for pos, kind in kind_at.items():
         r = by_pos.get(pos)
-        outcome[kind] = outcome.get(kind, "") or ("DLQ" if r is None else r.status.value)
+        outcome.setdefault(kind, Counter())["DLQ" if r is None else r.status.value] += 1
+    answered = Counter(by_pos[p].status.value for p in kind_at if p in by_pos)
     verdict = await sc.finish(
         0,
         f"{verdict.dead_lettered} dead-lettered, "
-        f"{sum(1 for p in kind_at if p in by_pos)} hostile answered REJECTED/other, "
-        f"valid ones all OK; memory +{grown:.0f} MB",
+        + ", ".join(f"{n} {status}" for status, n in sorted(answered.items()))
+        + f" (hostile but decodable); every valid one OK; memory +{grown:.0f} MB",
         rss_growth_mb=round(grown, 1),
-        outcome_by_kind=outcome,
+        outcome_by_kind={k: dict(v) for k, v in outcome.items()},
     )
     ok_ids = {r.request_id for r in results if r.status == "OK"}
     assert {r.request_id for r in valid} <= ok_ids
     for kind in ("huge map", "NaN", "negative max_tokens", "avro bomb", "oversized"):
-        assert outcome[kind] == "DLQ", (kind, outcome[kind])
+        assert set(outcome[kind]) == {"DLQ"}, (kind, outcome[kind])
     for kind in ("max_tokens above the cap", "context above MAX_CONTEXT_BYTES"):
-        assert outcome[kind] == "REJECTED", (kind, outcome[kind])
+        assert set(outcome[kind]) == {"REJECTED"}, (kind, outcome[kind])
     # A hostile record that decodes to a valid request is a request like any other.
     assert all(by_pos[p].status != "FAILED" for p in kind_at if p in by_pos)
     assert grown < 150, f"consumer memory grew {grown:.0f} MB"
