@@ -42,9 +42,7 @@ async def _speaks_tls(host: str, port: int, timeout_s: float) -> bool:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ctx), timeout_s
-        )
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx), timeout_s)
     except (OSError, TimeoutError):
         return False
     writer.close()

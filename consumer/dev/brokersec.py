@@ -37,7 +37,10 @@ class BrokerSecurity:
             # Both end up inside Kafka's bracketed --add-scram syntax and a JAAS line.
             if not (_SAFE.match(name) and _SAFE.match(password)):
                 raise ConfigError("--scram-user", f"use [A-Za-z0-9_.-] only (user {name!r})")
-        for label, path in (("--ssl-keystore", self.keystore_pem), ("--ssl-ca", self.truststore_pem)):
+        for label, path in (
+            ("--ssl-keystore", self.keystore_pem),
+            ("--ssl-ca", self.truststore_pem),
+        ):
             if not Path(path).is_file():
                 raise ConfigError(label, f"no such file {str(path)!r}")
 

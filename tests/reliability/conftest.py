@@ -110,9 +110,7 @@ ScenarioFactory = Callable[..., Awaitable[Scenario]]
 
 
 @pytest.fixture
-async def scenario(
-    kafka_bootstrap: str, summary_rows: list[Row]
-) -> AsyncIterator[ScenarioFactory]:
+async def scenario(kafka_bootstrap: str, summary_rows: list[Row]) -> AsyncIterator[ScenarioFactory]:
     """Factory: ``await scenario(name, delivery, bootstrap=..., **settings)``; topics are
     created with 3 partitions; every consumer started is gone after the test."""
     made: list[Scenario] = []

@@ -325,7 +325,9 @@ class History:
             else:
                 phantoms += 1
         missing = [
-            i.request_id or f"poison@{i.position}" for i in self.inputs.values() if not hits[i.position]
+            i.request_id or f"poison@{i.position}"
+            for i in self.inputs.values()
+            if not hits[i.position]
         ]
         dups = [pos for pos, n in hits.items() if n > 1]
         # A request may be answered again once per fault at which it was not yet committed.

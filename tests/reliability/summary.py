@@ -29,7 +29,7 @@ class Row:
     """One scenario under one delivery mode, as the history checker counted it."""
 
     scenario: str
-    delivery: str  # at-least-once | exactly-once | – (does not apply)
+    delivery: str  # at-least-once | exactly-once
     requests: int
     answered: int
     missing: int
@@ -62,7 +62,8 @@ def write(rows: list[Row], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
         "rows": merged,
     }
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")

@@ -121,7 +121,7 @@ async def test_burst_of_ten_times_capacity_with_deadlines(
     scenario: ScenarioFactory, delivery: str
 ) -> None:
     # Capacity: 4 slots x 50 ms = 80 requests/s. The burst: 800 in about a second.
-    sc = await scenario("7 10× burst with deadlines", delivery, fake_latency_ms=50)
+    sc = await scenario("7 10x burst with deadlines", delivery, fake_latency_ms=50)
     proc = sc.consumer("burst")
     await proc.wait_ready()
     rss = RssSampler(proc)
@@ -195,7 +195,9 @@ def _hostile(rng: random.Random) -> list[tuple[str, bytes]]:
         cut = rng.randrange(6, len(valid))
         items.append(("avro bomb", valid[:cut] + _varint(-n) + b"\x00" * 8))  # block count
     items.append(("oversized", header + rng.randbytes(700_000)))
-    items.append(("huge map", _raw_request(context={"metrics": {f"m{i}": 1.0 for i in range(5000)}})))
+    items.append(
+        ("huge map", _raw_request(context={"metrics": {f"m{i}": 1.0 for i in range(5000)}}))
+    )
     items.append(("NaN", _raw_request(context={"metrics": {"sentiment_score": math.nan}})))
     items.append(("negative max_tokens", _raw_request(max_tokens=-5)))
     items.append(("max_tokens above the cap", _raw_request(max_tokens=5000)))
@@ -221,16 +223,23 @@ async def test_hostile_input_at_scale(scenario: ScenarioFactory, delivery: str) 
     await proc.wait_ready()
     rss = RssSampler(proc)
     inputs = await sc.history.produce(sc.topic, mixed)
-    kind_at = {i.position: m[1].decode() for i, m in zip(inputs, mixed, strict=True) if m[0] is None}
+    kind_at = {
+        i.position: m[1].decode() for i, m in zip(inputs, mixed, strict=True) if m[0] is None
+    }
     await sc.history.wait_answered(timeout_s=180, extra=1)
     # Every hostile record has its one output too (DLQ or a result naming its offset).
-    deadline = time.monotonic() + 120
-    while (verdict := await sc.history.check()).missing and time.monotonic() < deadline:
+    for _ in range(240):
+        verdict = await sc.history.check()
+        if not verdict.missing:
+            break
         await asyncio.sleep(0.5)
     grown = await rss.stop()
     assert proc.alive(), proc.log()[-3000:]
     results = await sc.history.outputs()
-    by_pos = {(r.request_offset.topic, r.request_offset.partition, r.request_offset.offset): r for r in results}
+    by_pos = {
+        (r.request_offset.topic, r.request_offset.partition, r.request_offset.offset): r
+        for r in results
+    }
     outcome: dict[str, Counter[str]] = {}
     for pos, kind in kind_at.items():
         r = by_pos.get(pos)

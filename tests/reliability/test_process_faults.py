@@ -15,7 +15,7 @@ DELIVERIES = ["at-least-once", "exactly-once"]
 async def test_sigkill_mid_batch_three_times_in_a_row(
     scenario: ScenarioFactory, delivery: str
 ) -> None:
-    sc = await scenario("1 SIGKILL mid-batch ×3, restarts", delivery, fake_latency_ms=50)
+    sc = await scenario("1 SIGKILL mid-batch x3, restarts", delivery, fake_latency_ms=50)
     await sc.load(600)
     kills = 3
     resumed: list[float] = []
@@ -40,8 +40,7 @@ async def test_sigkill_mid_batch_three_times_in_a_row(
     bound = 0 if delivery == "exactly-once" else alo_bound(sc.settings, kills)
     await sc.finish(
         bound,
-        f"killed 3×; each restart answered again within {max(resumed):.0f} s "
-        f"(session timeout 6 s)",
+        f"killed 3x; each restart answered again within {max(resumed):.0f} s (session timeout 6 s)",
         resume_s=[round(s, 1) for s in resumed],
     )
 

@@ -62,7 +62,9 @@ def _creds(pki: Pki, **override: Any) -> dict[str, Any]:
     return values
 
 
-def _cli(args: list[str], env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess:
+def _cli(
+    args: list[str], env: dict[str, str], timeout_s: float = 120
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "consumer.cli", *args],
         env=env,
@@ -76,7 +78,9 @@ def _cli(args: list[str], env: dict[str, str], timeout_s: float = 120) -> subpro
 def _one_clear_line(proc: subprocess.CompletedProcess, command: str) -> str:
     """The command failed with exactly one line of its own on stderr, no traceback."""
     assert proc.returncode != 0, proc.stdout
-    ours = [line for line in proc.stderr.splitlines() if line.startswith(f"explainstream {command}:")]
+    ours = [
+        line for line in proc.stderr.splitlines() if line.startswith(f"explainstream {command}:")
+    ]
     assert len(ours) == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     return ours[0]
@@ -106,7 +110,9 @@ async def test_sasl_ssl_with_credentials_end_to_end(
     async with ExplanationProducer(
         conn, topic_prefix=sc.settings.kafka_topic_prefix, source="sdk"
     ) as producer:
-        await producer.submit_many([{"analysis_type": "sdk", "symbol": "SDK"}] * 10, priority="high")
+        await producer.submit_many(
+            [{"analysis_type": "sdk", "symbol": "SDK"}] * 10, priority="high"
+        )
     env = consumer_env(**{k.upper(): v for k, v in sc.env.items()})
     cli = await asyncio.to_thread(
         _cli, ["produce", "--priority", "urgent", "--context", '{"analysis_type": "cli"}'], env

@@ -173,7 +173,9 @@ async def test_admin_routes_work_with_the_token(serve, tmp_path):
     assert await get(f"{base}/admin/warmup", "POST", headers=auth) == (200, {"warmed": True})
     assert control.warmups == 1
     model = str(tmp_path.resolve() / "m.gguf")
-    status, body = await get(f"{base}/admin/reload", "POST", headers=auth, json={"model_path": model})
+    status, body = await get(
+        f"{base}/admin/reload", "POST", headers=auth, json={"model_path": model}
+    )
     assert (status, body["model_path"]) == (200, model)
     assert (await get(f"{base}/admin/reload", "POST", headers=auth))[0] == 200
     assert control.reloads == [model, None]
