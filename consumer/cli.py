@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from schemas.errors import ExplainstreamError
+from schemas.errors import ExplainstreamError, KafkaUnavailable
 
 __all__ = ["build_parser", "main"]
 
@@ -69,6 +69,19 @@ def preload_llama() -> None:
         return
 
 
+def _with_cause(exc: KafkaUnavailable) -> KafkaUnavailable:
+    import asyncio
+
+    from producer_sdk._diagnose import diagnosed
+    from producer_sdk.connection import KafkaConnection
+
+    try:
+        conn = KafkaConnection.from_env()
+    except ExplainstreamError:
+        return exc
+    return asyncio.run(diagnosed(conn, exc))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     preload_llama()
@@ -81,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code = args.func(args)
+    except KafkaUnavailable as exc:
+        # aiokafka says only "Unable to bootstrap"; one more attempt finds out why.
+        print(f"explainstream {args.command}: {_with_cause(exc)}", file=sys.stderr)
+        return 2
     except ExplainstreamError as exc:
         print(f"explainstream {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from producer_sdk._diagnose import diagnosed
 from producer_sdk.connection import KafkaConnection
 from schemas.errors import KafkaUnavailable
 
@@ -59,7 +60,7 @@ async def start_or_close(conn: KafkaConnection, what: str, client: Any) -> None:
         await client.start()
     except (KafkaError, OSError) as exc:
         await asyncio.shield(client.stop())
-        raise kafka_error(conn, what, exc) from exc
+        raise await diagnosed(conn, kafka_error(conn, what, exc)) from exc
 
 
 def warn_unclosed(obj: object) -> None:

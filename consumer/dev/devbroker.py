@@ -5,7 +5,10 @@ dependencies plus a log4j2 backend), resolved with Maven once and cached under
 ``~/.cache/explainstream/kafka/<version>``. Storage is formatted with
 ``kafka.tools.StorageTool`` and each node runs ``kafka.Kafka`` with Java 17+ on 127.0.0.1.
 ``brokers=3`` gives a 3-node cluster of combined broker+controller nodes (replication
-factor 3, min.insync.replicas 2) on consecutive ports.
+factor 3, min.insync.replicas 2) on consecutive ports. ``security`` makes the client
+listener SASL_SSL with SCRAM-SHA-512 (see :mod:`consumer.dev.brokersec`); ``proxied`` adds a
+plaintext listener advertised at another address (a fault-injecting TCP proxy in front of it).
+Single nodes can be frozen, thawed, killed and restarted on their data (fault tests).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -27,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from schemas.errors import ExplainstreamError
+from consumer.dev.brokersec import BrokerSecurity
+from consumer.dev.kafkajars import KAFKA_VERSION, DevBrokerError, fetch_jars, find_java
 
 if TYPE_CHECKING:
     from consumer.config import Settings
@@ -36,26 +39,15 @@ __all__ = [
     "KAFKA_VERSION",
     "DevBroker",
     "DevBrokerError",
+    "fetch_jars",
+    "find_java",
     "local_kafka",
     "local_run_settings",
     "register",
 ]
 
-KAFKA_VERSION = "4.1.1"
-LOG4J_VERSION = "2.24.3"
-SLF4J_VERSION = "2.0.17"
 _CONTROLLER_PORT_OFFSET = 1000
 _MAIN_CLASS = "kafka.Kafka"
-
-
-class DevBrokerError(ExplainstreamError):
-    """The local broker could not be prepared, started or stopped."""
-
-
-def default_cache_dir() -> Path:
-    """Where the Kafka jars are cached (outside the repository)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "explainstream" / "kafka" / KAFKA_VERSION
 
 
 def default_data_dir() -> Path:
@@ -63,36 +55,6 @@ def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "explainstream" / "dev-broker"
 
-
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>dev.explainstream</groupId>
-  <artifactId>dev-broker</artifactId>
-  <version>1</version>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>kafka_2.13</artifactId>
-      <version>{kafka}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.slf4j</groupId>
-      <artifactId>slf4j-api</artifactId>
-      <version>{slf4j}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-slf4j2-impl</artifactId>
-      <version>{log4j}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-core</artifactId>
-      <version>{log4j}</version>
-    </dependency>
-  </dependencies>
-</project>
-"""
 
 _LOG4J2 = """status = warn
 appender.file.type = File
@@ -107,89 +69,6 @@ logger.kafka.level = INFO
 logger.apache.name = org.apache.kafka
 logger.apache.level = WARN
 """
-
-
-def _java_major(java: str) -> int:
-    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
-    if not match:
-        raise DevBrokerError(f"could not read the Java version from {java!r}")
-    major = int(match.group(1))
-    return int(match.group(2) or 0) if major == 1 else major
-
-
-def find_java() -> str:
-    """Path of a Java 17+ executable, or DevBrokerError saying what to install."""
-    home = os.environ.get("JAVA_HOME")
-    candidates = [str(Path(home) / "bin" / "java")] if home else []
-    found = shutil.which("java")
-    if found:
-        candidates.append(found)
-    for java in candidates:
-        if os.access(java, os.X_OK) and _java_major(java) >= 17:
-            return java
-    raise DevBrokerError(
-        "Java 17 or newer is required for the local Kafka broker but was not found on PATH "
-        "or in JAVA_HOME (install OpenJDK 17, e.g. `apt-get install openjdk-17-jre-headless`)"
-    )
-
-
-def fetch_jars(cache_dir: Path | None = None, *, quiet: bool = False) -> Path:
-    """Resolve the Kafka broker classpath with Maven into ``cache_dir/lib`` (cached)."""
-    cache = cache_dir or default_cache_dir()
-    lib = cache / "lib"
-    marker = cache / ".complete"
-    if marker.exists() and any(lib.glob("kafka_2.13-*.jar")):
-        return lib
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise DevBrokerError(
-            "Maven (`mvn`) is required once to fetch the Kafka jars from Maven Central "
-            "but was not found on PATH (install it, e.g. `apt-get install maven`)"
-        )
-    cache.mkdir(parents=True, exist_ok=True)
-    (cache / "pom.xml").write_text(
-        _POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION)
-    )
-    tmp_lib = cache / "lib.partial"
-    shutil.rmtree(tmp_lib, ignore_errors=True)
-    cmd = [
-        mvn,
-        "-B",
-        "-f",
-        str(cache / "pom.xml"),
-        "dependency:copy-dependencies",
-        "-DincludeScope=runtime",
-        f"-DoutputDirectory={tmp_lib}",
-    ]
-    if not quiet:
-        print(f"fetching Apache Kafka {KAFKA_VERSION} jars with Maven ...", file=sys.stderr)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    tail: list[str] = []
-    count = 0
-    # A terminal gets one rewritten line; a log (CI) gets a line every 50 files.
-    tty = sys.stderr.isatty()
-    for line in proc.stdout:
-        tail = [*tail[-30:], line.rstrip()]
-        if "Downloaded from" in line:
-            count += 1
-            if not quiet and tty:
-                found = re.search(r"([^/\s]+\.(?:jar|pom))", line)
-                name = found.group(1) if found else ""
-                print(f"\r  downloaded {count} files {name[:60]:<60}", end="", file=sys.stderr)
-            elif not quiet and count % 50 == 0:
-                print(f"  downloaded {count} files", file=sys.stderr)
-    if proc.wait() != 0:
-        raise DevBrokerError("Maven could not fetch the Kafka jars:\n" + "\n".join(tail))
-    if not quiet and count and tty:
-        print(file=sys.stderr)
-    if not quiet:
-        print(f"  {count} files downloaded into {lib}", file=sys.stderr)
-    shutil.rmtree(lib, ignore_errors=True)
-    tmp_lib.rename(lib)
-    marker.write_text(KAFKA_VERSION)
-    return lib
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -243,6 +122,10 @@ class DevBroker:
     port: int = 9092
     brokers: int = 1
     heap_mb: int = 512
+    security: BrokerSecurity | None = None
+    # (bind port, advertised port) of an extra PLAINTEXT listener "PROXIED" (one node only):
+    # clients bootstrapping through a proxy at the advertised port keep using the proxy.
+    proxied: tuple[int, int] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -287,15 +170,23 @@ class DevBroker:
         cport = port + _CONTROLLER_PORT_OFFSET
         rf = min(3, n)
         min_isr = 2 if n >= 3 else 1
+        main = "SASL_SSL" if self.security else "PLAINTEXT"
+        listeners = [f"{main}://127.0.0.1:{port}"]
+        advertised = [f"{main}://127.0.0.1:{port}"]
+        protocols = [f"{main}:{main}", "CONTROLLER:PLAINTEXT"]
+        if self.proxied:
+            listeners.append(f"PROXIED://127.0.0.1:{self.proxied[0]}")
+            advertised.append(f"PROXIED://127.0.0.1:{self.proxied[1]}")
+            protocols.append("PROXIED:PLAINTEXT")
         lines = {
             "process.roles": "broker,controller",
             "node.id": str(node + 1),
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{cport}"]),
+            "advertised.listeners": ",".join(advertised),
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": main,
+            "listener.security.protocol.map": ",".join(protocols),
             "log.dirs": str(self._node_dir(node) / "data"),
             "num.partitions": "1",
             "default.replication.factor": str(rf),
@@ -312,6 +203,8 @@ class DevBroker:
             "share.coordinator.state.topic.replication.factor": str(rf),
             "share.coordinator.state.topic.min.isr": str(min_isr),
         }
+        if self.security:
+            lines.update(self.security.listener_properties())
         return "".join(f"{k}={v}\n" for k, v in lines.items())
 
     def _classpath(self, lib: Path) -> str:
@@ -323,9 +216,10 @@ class DevBroker:
             return self.bootstrap
         if self.running_pids():
             self.stop()
+        if self.proxied and self.brokers != 1:
+            raise DevBrokerError("a proxied listener needs a single-node broker")
         java = find_java()
         lib = fetch_jars(quiet=quiet)
-        classpath = self._classpath(lib)
         for node in range(self.brokers):
             port = self.port + node
             for p in (port, port + _CONTROLLER_PORT_OFFSET):
@@ -338,72 +232,127 @@ class DevBroker:
         else:
             cluster_id = _cluster_id()
             cluster_file.write_text(cluster_id)
-        procs: list[subprocess.Popen[bytes]] = []
-        for node in range(self.brokers):
-            ndir = self._node_dir(node)
-            ndir.mkdir(parents=True, exist_ok=True)
-            props = self._props_file(node)
-            props.write_text(self._properties(node))
-            log4j = ndir / "log4j2.properties"
-            log4j.write_text(_LOG4J2.format(log=ndir / "server.log"))
-            jvm = [
-                java,
-                f"-Xms{self.heap_mb // 2}m",
-                f"-Xmx{self.heap_mb}m",
-                "-XX:+UseG1GC",
-                "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={log4j}",
-                f"-Dkafka.logs.dir={ndir}",
-                "-cp",
-                classpath,
-            ]
-            if not (ndir / "data" / "meta.properties").exists():
-                fmt = subprocess.run(
-                    [
-                        *jvm,
-                        "kafka.tools.StorageTool",
-                        "format",
-                        f"--cluster-id={cluster_id}",
-                        "-c",
-                        str(props),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                if fmt.returncode != 0:
-                    raise DevBrokerError(
-                        f"formatting KRaft storage failed: {fmt.stderr.strip() or fmt.stdout}"
-                    )
-            out = (ndir / "stdout.log").open("ab")
+        jvms = {node: self._jvm(node, java, lib) for node in range(self.brokers)}
+        for node, jvm in jvms.items():
+            self._format(node, jvm, cluster_id)
+        procs = {node: self._launch(node, jvm) for node, jvm in jvms.items()}
+        try:
+            self._wait_started(procs, timeout_s)
+        except DevBrokerError:
+            self.stop()
+            raise
+        return self.bootstrap
+
+    def _jvm(self, node: int, java: str, lib: Path) -> list[str]:
+        ndir = self._node_dir(node)
+        ndir.mkdir(parents=True, exist_ok=True)
+        self._props_file(node).write_text(self._properties(node))
+        log4j = ndir / "log4j2.properties"
+        log4j.write_text(_LOG4J2.format(log=ndir / "server.log"))
+        return [
+            java,
+            f"-Xms{self.heap_mb // 2}m",
+            f"-Xmx{self.heap_mb}m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={ndir}",
+            "-cp",
+            self._classpath(lib),
+        ]
+
+    def _format(self, node: int, jvm: list[str], cluster_id: str) -> None:
+        if (self._node_dir(node) / "data" / "meta.properties").exists():
+            return
+        extra = self.security.format_args() if self.security else []
+        fmt = subprocess.run(
+            [
+                *jvm,
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={cluster_id}",
+                "-c",
+                str(self._props_file(node)),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if fmt.returncode != 0:
+            raise DevBrokerError(
+                f"formatting KRaft storage failed: {fmt.stderr.strip() or fmt.stdout}"
+            )
+
+    def _launch(self, node: int, jvm: list[str]) -> subprocess.Popen[bytes]:
+        ndir = self._node_dir(node)
+        # A restarted node must not count the previous run's "started" line as its own.
+        with contextlib.suppress(OSError):
+            (ndir / "server.log").rename(ndir / "server.log.prev")
+        with (ndir / "stdout.log").open("ab") as out:
             proc = subprocess.Popen(
-                [*jvm, _MAIN_CLASS, str(props)],
+                [*jvm, _MAIN_CLASS, str(self._props_file(node))],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            out.close()
-            self._pid_file(node).write_text(str(proc.pid))
-            procs.append(proc)
+        self._pid_file(node).write_text(str(proc.pid))
+        return proc
+
+    def _wait_started(self, procs: dict[int, subprocess.Popen[bytes]], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for node, proc in enumerate(procs):
+            for node, proc in procs.items():
                 if proc.poll() is not None:
                     log = (self._node_dir(node) / "server.log").read_text(errors="replace")
                     raise DevBrokerError(
                         f"broker node {node + 1} exited with {proc.returncode}; "
                         f"last log lines:\n{''.join(log.splitlines(True)[-15:])}"
                     )
-            if all(_port_open(self.port + i) for i in range(self.brokers)) and self._ready():
-                return self.bootstrap
+            if all(_port_open(self.port + n) for n in procs) and self._ready(list(procs)):
+                return
             time.sleep(0.25)
-        self.stop()
         raise DevBrokerError(f"broker did not answer within {timeout_s:.0f}s")
 
-    def _ready(self) -> bool:
-        """True once every node logged that its broker finished starting."""
-        for node in range(self.brokers):
+    # -- faults (tests) -------------------------------------------------------------------
+
+    def node_pid(self, node: int = 0) -> int:
+        """Pid of a live node, or DevBrokerError."""
+        pid = self._read_pid(node)
+        if pid is None:
+            raise DevBrokerError(f"broker node {node + 1} is not running")
+        return pid
+
+    def freeze(self, node: int = 0) -> None:
+        """SIGSTOP one node (a long GC pause or VM stall)."""
+        os.kill(self.node_pid(node), signal.SIGSTOP)
+
+    def thaw(self, node: int = 0) -> None:
+        """SIGCONT a frozen node."""
+        os.kill(self.node_pid(node), signal.SIGCONT)
+
+    def kill_node(self, node: int = 0) -> None:
+        """SIGKILL one node (no clean shutdown) and reap it."""
+        pid = self.node_pid(node)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            _reap([pid])
+            time.sleep(0.05)
+        self._pid_file(node).unlink(missing_ok=True)
+
+    def restart_node(self, node: int = 0, *, timeout_s: float = 90.0) -> None:
+        """Start one stopped node again on its existing data directory."""
+        if self._read_pid(node) is not None:
+            raise DevBrokerError(f"broker node {node + 1} is still running")
+        jvm = self._jvm(node, find_java(), fetch_jars(quiet=True))
+        proc = self._launch(node, jvm)
+        self._wait_started({node: proc}, timeout_s)
+
+    def _ready(self, nodes: list[int] | None = None) -> bool:
+        """True once every node (of ``nodes``) logged that its broker finished starting."""
+        for node in range(self.brokers) if nodes is None else nodes:
             log = self._node_dir(node) / "server.log"
             try:
                 text = log.read_text(errors="replace")
@@ -489,9 +438,34 @@ def _cluster_id() -> str:
             return cluster_id
 
 
+def _security(args: argparse.Namespace) -> BrokerSecurity | None:
+    if args.security_protocol == "PLAINTEXT":
+        return None
+    missing = [
+        flag
+        for flag, value in (
+            ("--ssl-keystore", args.ssl_keystore),
+            ("--ssl-key-password", args.ssl_key_password),
+            ("--ssl-ca", args.ssl_ca),
+            ("--scram-user", args.scram_user),
+        )
+        if not value
+    ]
+    if missing:
+        raise DevBrokerError(f"--security-protocol SASL_SSL needs {', '.join(missing)}")
+    return BrokerSecurity(
+        keystore_pem=Path(args.ssl_keystore),
+        key_password=args.ssl_key_password,
+        truststore_pem=Path(args.ssl_ca),
+        users=BrokerSecurity.parse_users(args.scram_user),
+    )
+
+
 def _cmd(args: argparse.Namespace) -> int:
-    broker = DevBroker(Path(args.data_dir), port=args.port, brokers=args.brokers)
     try:
+        broker = DevBroker(
+            Path(args.data_dir), port=args.port, brokers=args.brokers, security=_security(args)
+        )
         if args.action == "start":
             was_up = broker.is_up()
             address = broker.start()
@@ -520,4 +494,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--brokers", type=int, default=1, choices=[1, 3])
     p.add_argument("--port", type=int, default=9092, help="first broker port")
     p.add_argument("--data-dir", default=str(default_data_dir()))
+    sec = p.add_argument_group("SASL_SSL (SCRAM-SHA-512) on the client listener")
+    sec.add_argument("--security-protocol", choices=["PLAINTEXT", "SASL_SSL"], default="PLAINTEXT")
+    sec.add_argument("--ssl-keystore", help="PEM: encrypted PKCS#8 key + certificate chain")
+    sec.add_argument("--ssl-key-password", help="password of the keystore's private key")
+    sec.add_argument("--ssl-ca", help="PEM CA certificate(s) the brokers trust")
+    sec.add_argument(
+        "--scram-user",
+        action="append",
+        metavar="NAME:PASSWORD",
+        help="SCRAM-SHA-512 user created at format (repeat; the first is inter-broker)",
+    )
     p.set_defaults(func=_cmd)

@@ -2,7 +2,8 @@
 
 GET /health, GET /ready (503 with the reasons when not ready), GET /status; admin routes
 (POST /admin/warmup, POST /admin/reload, GET /admin/stats) need ``Authorization: Bearer
-$ADMIN_TOKEN`` and do not exist (404) when no token is configured; GET /metrics when a
+$ADMIN_TOKEN`` and do not exist (404) when no token is configured; a reload's ``model_path``
+must be a ``.gguf`` file under ``model_dir`` (MODEL_DIR); GET /metrics when a
 :class:`~consumer.ops.metrics.Metrics` is given.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
@@ -19,7 +22,7 @@ from aiohttp import web
 from consumer.ops.metrics import Metrics
 from schemas.errors import ConfigError, ExplainstreamError, ValidationError
 
-__all__ = ["HttpServer", "ServiceControl"]
+__all__ = ["HttpServer", "ReloadRefused", "ServiceControl", "model_file_under"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,35 @@ class ServiceControl(Protocol):
         ...
 
 
+class ReloadRefused(Exception):
+    """A reload's model_path is not a model file under MODEL_DIR (HTTP ``status``)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def model_file_under(model_dir: str | None, model_path: str) -> Path:
+    """The real path of ``model_path`` (relative: to ``model_dir``) if it is a ``.gguf``
+    file inside ``model_dir`` after resolving symlinks and ``..``; else ReloadRefused.
+
+    Without a model directory no path is accepted: an admin token must not be a way to read
+    (and hash) any file the process can open.
+    """
+    if not model_dir:
+        raise ReloadRefused(403, "MODEL_DIR is not set: reload takes no model_path")
+    base = Path(os.path.realpath(model_dir))
+    real = Path(os.path.realpath(base / model_path))  # an absolute model_path replaces base
+    if real != base and base not in real.parents:
+        raise ReloadRefused(403, f"model_path {model_path!r} is outside MODEL_DIR")
+    if real.suffix.lower() != ".gguf":
+        raise ReloadRefused(400, f"model_path {model_path!r} is not a .gguf file")
+    if not real.is_file():
+        raise ReloadRefused(400, f"MODEL_PATH: no such model file {model_path!r} in MODEL_DIR")
+    return real
+
+
 def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(
         text=json.dumps(data, default=str), status=status, content_type="application/json"
@@ -70,9 +102,11 @@ class HttpServer:
         *,
         admin_token: str | None,
         metrics: Metrics | None = None,
+        model_dir: str | None = None,
     ) -> None:
         self._control = control
         self._token = admin_token.encode() if admin_token else None
+        self._model_dir = model_dir
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
         self.app = self._build_app()
@@ -172,6 +206,12 @@ class HttpServer:
                 model_path = body.get("model_path")
                 if model_path is not None and not isinstance(model_path, str):
                     return _json({"error": "model_path must be a string"}, 400)
+        if model_path is not None:
+            try:
+                model_path = str(model_file_under(self._model_dir, model_path))
+            except ReloadRefused as exc:
+                log.warning("admin reload refused: %s", exc.message)
+                return _json({"error": exc.message}, exc.status)
         return _json(await self._control.reload(model_path))
 
     async def _stats(self, request: web.Request) -> web.Response:

@@ -165,29 +165,31 @@ async def test_admin_needs_the_token(serve, method, path):
     assert status == 200
 
 
-async def test_admin_routes_work_with_the_token(serve):
+async def test_admin_routes_work_with_the_token(serve, tmp_path):
     control = FakeControl()
-    base = await serve(control, admin_token=TOKEN)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    base = await serve(control, admin_token=TOKEN, model_dir=str(tmp_path))
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert await get(f"{base}/admin/warmup", "POST", headers=auth) == (200, {"warmed": True})
     assert control.warmups == 1
+    model = str(tmp_path.resolve() / "m.gguf")
     status, body = await get(
-        f"{base}/admin/reload", "POST", headers=auth, json={"model_path": "/m.gguf"}
+        f"{base}/admin/reload", "POST", headers=auth, json={"model_path": model}
     )
-    assert (status, body["model_path"]) == (200, "/m.gguf")
+    assert (status, body["model_path"]) == (200, model)
     assert (await get(f"{base}/admin/reload", "POST", headers=auth))[0] == 200
-    assert control.reloads == ["/m.gguf", None]
+    assert control.reloads == [model, None]
     assert await get(f"{base}/admin/stats", headers=auth) == (200, {"requests": 10})
 
 
-async def test_reload_rejects_bad_bodies_and_maps_config_errors(serve):
-    base = await serve(FakeControl(), admin_token=TOKEN)
+async def test_reload_rejects_bad_bodies_and_maps_config_errors(serve, tmp_path):
+    base = await serve(FakeControl(), admin_token=TOKEN, model_dir=str(tmp_path))
     auth = {"Authorization": f"Bearer {TOKEN}"}
     url = f"{base}/admin/reload"
     assert (await get(url, "POST", headers=auth, data="{not json"))[0] == 400
     assert (await get(url, "POST", headers=auth, json=[1]))[0] == 400
     assert (await get(url, "POST", headers=auth, json={"model_path": 3}))[0] == 400
-    status, body = await get(url, "POST", headers=auth, json={"model_path": "/nope.gguf"})
+    status, body = await get(url, "POST", headers=auth, json={"model_path": "nope.gguf"})
     assert status == 400
     assert body["error"].startswith("MODEL_PATH")
 
