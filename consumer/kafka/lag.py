@@ -239,8 +239,15 @@ def _cmd(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         report = asyncio.run(fetch_lag_for_settings(settings, timeout_s=args.timeout))
-    except (ConfigError, KafkaUnavailable) as exc:
+    except ConfigError as exc:
         print(f"explainstream lag: {exc}", file=sys.stderr)
+        return 1
+    except KafkaUnavailable as exc:
+        from producer_sdk._diagnose import diagnosed
+
+        # aiokafka says only "Unable to bootstrap"; one more attempt finds out why.
+        cause = asyncio.run(diagnosed(settings.kafka_connection(), exc))
+        print(f"explainstream lag: {cause}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report.to_json()))

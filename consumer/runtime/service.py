@@ -230,7 +230,9 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             from consumer.ops.http import HttpServer
         except ModuleNotFoundError:
             return
-        self._http = HttpServer(self, admin_token=s.admin_token, metrics=self.metrics)
+        self._http = HttpServer(
+            self, admin_token=s.admin_token, metrics=self.metrics, model_dir=s.model_dir
+        )
         self.http_port = await self._http.start(s.http_host, s.http_port)
         log.info("HTTP on %s:%d", s.http_host, self.http_port)
         if self.metrics is not None and s.prometheus_enabled:
