@@ -17,7 +17,7 @@ GO_MODULES := github.com/kedacore/keda/v2@v2.21.0 \
 	github.com/compose-spec/compose-go/v2@v2.16.2
 
 .PHONY: install llama-wheel prometheus kafka-jars registry-jars validators setup lint test \
-	test-fast ci bench demo validate chart-schema clean gpu-assets
+	test-fast ci bench demo validate chart-schema clean gpu-assets reliability reliability-report
 
 # -- the two commands ----------------------------------------------------------------------
 
@@ -130,3 +130,11 @@ gpu-assets: $(VENV)/.installed
 		--platform manylinux2014_x86_64 --platform any -d .gpu/whl $(GPU_WHEELS)
 	$(BIN)/explainstream bench make-model --shape vocab-only --out .gpu/vocab.gguf
 	@du -sh .gpu
+
+# The fault-injection suite alone, and the README's Guarantees table regenerated from a run.
+reliability: setup
+	$(BIN)/python -m pytest -q -m reliability tests/reliability --durations=10
+reliability-report: setup
+	RELIABILITY_SUMMARY=docs/reliability/summary.json $(BIN)/python -m pytest -q -m reliability \
+		tests/reliability
+	$(BIN)/python -m tests.reliability.summary docs/reliability/summary.json --readme README.md
