@@ -9,8 +9,8 @@ flight at a time. Figures are printed, never asserted: benchmarks are not tests.
 from __future__ import annotations
 
 import argparse
-import importlib
 import asyncio
+import importlib
 import json
 import math
 import os
@@ -407,6 +407,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "consumer.dev.bench_memory",
     "consumer.dev.bench_scale",
     "consumer.dev.bench_e2e",
+    "consumer.dev.bench_report",
 )
 
 
