@@ -257,6 +257,7 @@ def _profile(bootstrap: str, service: Side, n: int, top: int = 15) -> dict[str, 
 
     asyncio.run(setup())
     loop_box: list[asyncio.AbstractEventLoop] = []
+    wall: list[float] = []
     done = asyncio.Event()
 
     def collect() -> None:
@@ -281,9 +282,11 @@ def _profile(bootstrap: str, service: Side, n: int, top: int = 15) -> dict[str, 
         ready, stop = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(service(prefix, f"{prefix}-group", ready, stop))
         await _first(ready, task)
+        t0 = time.perf_counter()
         profiler.enable()
         await done.wait()
         profiler.disable()
+        wall.append(time.perf_counter() - t0)
         stop.set()
         await task
 
@@ -308,6 +311,9 @@ def _profile(bootstrap: str, service: Side, n: int, top: int = 15) -> dict[str, 
     return {
         "requests": n,
         "profiled_cpu_s": total,
+        "wall_s": wall[0],
+        # Well under 1: the service thread waited (stalls), it was not short of CPU.
+        "cpu_over_wall": total / wall[0] if wall[0] else float("nan"),
         "share_by_package": {
             k: round(v / total, 4) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])
         },
@@ -419,7 +425,13 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     prof = report.get("profile")
     if prof:
-        lines += ["", f"Profile of one service drain ({prof['requests']} requests, cProfile):", ""]
+        lines += [
+            "",
+            f"Profile of one service drain ({prof['requests']} requests, cProfile, thread CPU "
+            f"time): {prof['profiled_cpu_s']:.2f} s CPU in {prof['wall_s']:.2f} s wall "
+            f"({prof['cpu_over_wall']:.0%} busy).",
+            "",
+        ]
         lines += ["| package | share of CPU time |", "|---|---:|"]
         lines += [f"| {k} | {v:.1%} |" for k, v in prof["share_by_package"].items() if v >= 0.01]
         lines += ["", "| function | tottime s | calls |", "|---|---:|---:|"]

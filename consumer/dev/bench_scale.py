@@ -120,6 +120,7 @@ async def _mode(bootstrap: str, static: bool, cfg: dict[str, Any], bar: Any) -> 
 
     events: list[dict[str, Any]] = []
     windows: dict[str, float] = {}
+    steady: dict[str, dict[str, float]] = {}
     t_origin = _now_ms()
     settle_s = cfg["settle_s"]
     timeout = cfg["session_timeout_ms"] / 1000.0 + 60
@@ -158,6 +159,8 @@ async def _mode(bootstrap: str, static: bool, cfg: dict[str, Any], bar: Any) -> 
         b = _now_ms()
         line.update()
         windows[str(n)] = sum(1 for t, _ in line.points if a <= t < b) / ((b - a) / 1000.0)
+        # The same gaps with nothing changing: the baseline an event's gaps compare with.
+        steady[str(n)] = gaps(line.points, a, b)
 
     try:
         members[1] = member(1)
@@ -195,6 +198,7 @@ async def _mode(bootstrap: str, static: bool, cfg: dict[str, Any], bar: Any) -> 
         "results_per_s": windows,
         "speedup": {n: kit.ratio(v, windows["1"]) for n, v in windows.items()},
         "events": events,
+        "steady_gaps": steady,
         "results_per_second_timeline": per_s,
     }
 
@@ -243,6 +247,12 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {e['kind']} #{e['member']} | {e['members_after']} | "
                 f"{e['group_gap_s']:.2f} | {e['partition_gap_s']:.2f} |"
+            )
+    for name, mode in report["modes"].items():
+        for n, g in mode.get("steady_gaps", {}).items():
+            lines.append(
+                f"| {name} | steady, no change | {n} | {g['group_gap_s']:.2f} | "
+                f"{g['partition_gap_s']:.2f} |"
             )
     lines += ["", "Goals: N consumers >= 0.9 x N; pause <= 2 s."]
     return "\n".join(lines)

@@ -91,7 +91,8 @@ async def test_bench_memory_samples_the_consumer_rss(kafka_bootstrap: str):
     report = await run_bench("memory", kafka_bootstrap)
     samples = report["samples"]
     assert len(samples) >= 2
-    assert all(s["rss_mb"] > 10 for s in samples)
+    assert all(s["rss_mb"] > 0 for s in samples)
+    assert max(s["rss_mb"] for s in samples) > 20  # a loaded consumer, not just the interpreter
     assert samples[-1]["results"] <= 600
     assert [s["t_s"] for s in samples] == sorted(s["t_s"] for s in samples)
     flat = report["flatness"]
