@@ -211,6 +211,13 @@ class Codec:
             raise DecodeError(f"{subject} body is not a record")
         return record
 
+    async def resolve(self, payload: bytes) -> None:
+        """Make sure the writer schema of a framed ``payload`` is known before decoding.
+
+        A no-op for the embedded registry. Raises DecodeError; ``retriable=True`` means the
+        registry could not be asked (try again later), not that the payload is bad.
+        """
+
     def encode_request(self, request: ExplanationRequest) -> bytes:
         """Frame and encode a request."""
         return self._encode(REQUEST_SUBJECT, request.model_dump())

@@ -4,6 +4,11 @@ closed → open when, over the last ``window`` calls (at least ``min_calls``), t
 rate reaches ``failure_rate``; open → half-open after ``open_s``; half-open lets ``probes``
 calls through: all succeed → closed, any fails → open again. While open the service pauses
 intake instead of failing requests.
+
+Only calls that really reach the engine take a probe (:meth:`CircuitBreaker.allow`) and
+every probe taken is given back by :meth:`record` or :meth:`release`. Should one still go
+missing, half-open has its own exit: after ``half_open_timeout_s`` without a verdict the
+breaker opens again, and the next half-open starts with fresh probes.
 """
 
 from __future__ import annotations
@@ -32,39 +37,69 @@ class CircuitBreaker:
     min_calls: int = 5
     open_s: float = 30.0
     probes: int = 2
+    half_open_timeout_s: float = 60.0
     _state: BreakerState = field(init=False, default=BreakerState.CLOSED)
     _outcomes: deque[bool] = field(init=False)
     _opened_at: float = field(init=False, default=0.0)
-    _probes_started: int = field(init=False, default=0)
+    _half_opened_at: float = field(init=False, default=0.0)
+    _probes_out: int = field(init=False, default=0)
     _probes_ok: int = field(init=False, default=0)
     transitions: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        if not (0 < self.failure_rate <= 1) or self.window < 1 or self.probes < 1:
+        if (
+            not (0 < self.failure_rate <= 1)
+            or self.window < 1
+            or self.probes < 1
+            or self.half_open_timeout_s <= 0
+        ):
             raise ValueError("invalid breaker parameters")
         self._outcomes = deque(maxlen=self.window)
 
     def state(self, now: float) -> BreakerState:
-        """Current state, moving open → half-open once ``open_s`` has passed."""
+        """Current state, moving open → half-open after ``open_s`` and a stuck half-open
+        back to open after ``half_open_timeout_s``."""
         if self._state is BreakerState.OPEN and now - self._opened_at >= self.open_s:
             self._to(BreakerState.HALF_OPEN)
-            self._probes_started = self._probes_ok = 0
+            self._half_opened_at = now
+            self._probes_out = self._probes_ok = 0
+        elif (
+            self._state is BreakerState.HALF_OPEN
+            and now - self._half_opened_at >= self.half_open_timeout_s
+        ):
+            self._open(now)
         return self._state
 
     def allow(self, now: float) -> bool:
-        """May one more call start now? Counts a probe when half-open."""
+        """May one more engine call start now? Takes a probe when half-open.
+
+        A caller that gets True must later call :meth:`record` or :meth:`release`.
+        """
         state = self.state(now)
         if state is BreakerState.CLOSED:
             return True
-        if state is BreakerState.HALF_OPEN and self._probes_started < self.probes:
-            self._probes_started += 1
+        if state is BreakerState.HALF_OPEN and self._probes_out + self._probes_ok < self.probes:
+            self._probes_out += 1
             return True
         return False
+
+    def can_admit(self, now: float) -> bool:
+        """Would :meth:`allow` say yes now? Takes nothing."""
+        state = self.state(now)
+        if state is BreakerState.CLOSED:
+            return True
+        return state is BreakerState.HALF_OPEN and self._probes_out + self._probes_ok < self.probes
+
+    def release(self, now: float) -> None:
+        """Give back a probe whose call ended without a verdict (cancelled, not run)."""
+        if self.state(now) is BreakerState.HALF_OPEN and self._probes_out > 0:
+            self._probes_out -= 1
 
     def record(self, ok: bool, now: float) -> None:
         """Outcome of a call that :meth:`allow` let through."""
         state = self.state(now)
         if state is BreakerState.HALF_OPEN:
+            self._probes_out = max(0, self._probes_out - 1)
             if not ok:
                 self._open(now)
                 return
@@ -86,6 +121,7 @@ class CircuitBreaker:
     def _open(self, now: float) -> None:
         self._opened_at = now
         self._outcomes.clear()
+        self._probes_out = self._probes_ok = 0
         self._to(BreakerState.OPEN)
 
     def _to(self, state: BreakerState) -> None:

@@ -20,6 +20,7 @@ class _Partition:
     done: set[int] = field(default_factory=set)
     position: int | None = None
     committed: int | None = None
+    finished: deque[int] = field(default_factory=deque)  # done, in the prefix, not committed
 
 
 class OffsetTracker:
@@ -43,7 +44,9 @@ class OffsetTracker:
             return  # partition was revoked meanwhile; nothing to commit for it here
         part.done.add(offset)
         while part.outstanding and part.outstanding[0] in part.done:
-            part.done.discard(part.outstanding.popleft())
+            first = part.outstanding.popleft()
+            part.done.discard(first)
+            part.finished.append(first)
 
     def fetched_up_to(self, tp: Hashable, position: int) -> None:
         """The consumer's position for ``tp`` (next offset it will fetch)."""
@@ -74,11 +77,18 @@ class OffsetTracker:
         return out
 
     def committed(self, positions: dict[Hashable, int]) -> None:
-        """Record that ``positions`` were committed."""
+        """Record that ``positions`` were committed; a late, lower report never moves it back."""
         for tp, pos in positions.items():
             part = self._parts.get(tp)
-            if part is not None:
+            if part is not None and (part.committed is None or pos > part.committed):
                 part.committed = pos
+                while part.finished and part.finished[0] < pos:
+                    part.finished.popleft()
+
+    def uncommitted_done(self, tp: Hashable) -> int:
+        """Records of ``tp`` handled but not yet committed (held behind a gap or a commit)."""
+        part = self._parts.get(tp)
+        return len(part.done) + len(part.finished) if part else 0
 
     def outstanding(self, tp: Hashable) -> int:
         """How many records of ``tp`` are taken but not done."""

@@ -65,8 +65,7 @@ class TierScheduler(Generic[T]):
         promoted = math.floor(max(0.0, now - entry.arrived) / self.aging_s)
         return max(0, entry.priority - promoted)
 
-    def pick(self, now: float) -> Buffered[T] | None:
-        """Remove and return the entry that should run next, or None when empty."""
+    def _best_tier(self, now: float) -> int:
         best: tuple[int, float, int] | None = None
         best_tier = -1
         for tier, queue in enumerate(self._queues):
@@ -76,9 +75,17 @@ class TierScheduler(Generic[T]):
             key = (self.effective_priority(head, now), head.arrived, head.seq)
             if best is None or key < best:
                 best, best_tier = key, tier
-        if best_tier < 0:
-            return None
-        return self._queues[best_tier].popleft()
+        return best_tier
+
+    def peek(self, now: float) -> Buffered[T] | None:
+        """The entry :meth:`pick` would return now, left in place."""
+        tier = self._best_tier(now)
+        return self._queues[tier][0] if tier >= 0 else None
+
+    def pick(self, now: float) -> Buffered[T] | None:
+        """Remove and return the entry that should run next, or None when empty."""
+        tier = self._best_tier(now)
+        return self._queues[tier].popleft() if tier >= 0 else None
 
     def drop_sources(self, sources: Iterable[Hashable]) -> list[Buffered[T]]:
         """Remove every entry from the given sources (revoked partitions); return them."""

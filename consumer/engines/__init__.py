@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from consumer.engines.base import Engine, GenerationRequest, GenerationResult, ModelInfo
 
@@ -22,7 +22,7 @@ def create_engine(settings: Settings) -> Engine:
     if kind == "llama":
         from consumer.engines.llama import LlamaEngine
 
-        return LlamaEngine(settings)
+        return cast(Engine, LlamaEngine(settings))
     from consumer.engines.sequential import SequentialEngine
 
-    return SequentialEngine(settings)
+    return cast(Engine, SequentialEngine(settings))

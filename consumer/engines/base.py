@@ -129,3 +129,8 @@ class Engine(Protocol):
     def stats(self) -> dict[str, Any]:
         """Engine counters for /status and /admin/stats (JSON-serialisable)."""
         ...
+
+    def alive(self) -> bool:
+        """Cheap liveness: True while the engine's worker runs (or has not started yet),
+        False once it died. GET /health turns 503 on False."""
+        ...

@@ -114,6 +114,10 @@ class FakeEngine:
         """Pretend to swap models (changes model_sha256)."""
         self._model_path = model_path or self._model_path
 
+    def alive(self) -> bool:
+        """No worker to die: always True."""
+        return True
+
     def stats(self) -> dict[str, Any]:
         """Counters for /status."""
         return {

@@ -3,17 +3,26 @@
 aiokafka's transactions predate KIP-447 (TxnOffsetCommit v0 carries no group generation),
 so a zombie consumer cannot be fenced through the group. We use the model Kafka used before
 KIP-447: one transactional producer per *input partition*, ``transactional.id =
-explainstream-<group>-<topic>-<partition>``. Whoever owns a partition next initialises the
-same transactional id, which aborts the previous owner's open transaction and fences its
-producer. Hence, for consumers that read results with ``isolation_level=read_committed``:
+explainstream-<group>-<topic>-<partition>``. The fencing model:
 
-* every request offset is committed in the same transaction as its result (or DLQ record);
-* a crash before commit aborts both, and the request is processed again: no duplicate is
-  ever visible, no result is lost;
-* results of a partition become visible in offset order, at commit intervals
-  (COMMIT_INTERVAL_MS), not one by one.
+* **Initialise on assignment, before fetching.** :meth:`TransactionalSink.open` runs
+  ``init_transactions`` for every newly assigned partition inside the rebalance callback.
+  That aborts the previous owner's open transaction and bumps the producer epoch, so the
+  previous owner can never commit again. Only then does the service read the committed
+  offset (now final) and start fetching the partition.
+* **Fenced means lost.** A producer the broker fenced (``ProducerFenced``,
+  ``InvalidProducerEpoch``) belongs to a zombie: this process was frozen past the session
+  timeout and another member owns the partition now. The partition is *lost*: its held
+  results are dropped, its producer is closed and never re-initialised (that would fence the
+  rightful owner back), and ``on_lost`` tells the service to stop working on it. The group
+  reassigns it; if it comes back to us, :meth:`open` makes a fresh producer for the new
+  ownership.
+* Every request offset is committed in the same transaction as its result (or DLQ record);
+  a crash before commit aborts both, so for readers with ``isolation_level=read_committed``
+  no duplicate is visible and no result is lost. Results of a partition become visible in
+  offset order, at commit intervals (COMMIT_INTERVAL_MS).
 
-Results of requests that completed out of order wait until they join the contiguous prefix.
+Other transaction errors abort the transaction and keep the records held for the next round.
 """
 
 from __future__ import annotations
@@ -22,30 +31,38 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    ProducerFenced,
+    TransactionalIdAuthorizationFailed,
+)
 
 from consumer.core.offsets import OffsetTracker
+from consumer.kafka.sinks import Headers
 
-__all__ = ["TransactionalPublisher"]
+__all__ = ["TransactionalSink"]
 
 log = logging.getLogger("explainstream.eos")
 
-_Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+_FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
+
+_Record = tuple[str, bytes | None, bytes | None, Headers]
 
 
 @dataclass
 class _Partition:
-    producer: AIOKafkaProducer | None = None
+    producer: AIOKafkaProducer
     pending: dict[int, _Record] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class TransactionalPublisher:
+class TransactionalSink:
     """Holds finished records per input partition and commits them with their offsets."""
 
     def __init__(
@@ -53,62 +70,108 @@ class TransactionalPublisher:
         conn_kwargs: dict[str, Any],
         *,
         group_id: str,
+        publish_timeout_s: float,
         on_commit: Callable[[float], None] | None = None,
+        on_lost: Callable[[Hashable], None] | None = None,
     ) -> None:
         self._conn = conn_kwargs
         self._group = group_id
+        self._timeout = publish_timeout_s
         self._parts: dict[Hashable, _Partition] = {}
         self._on_commit = on_commit
+        self._on_lost = on_lost
+        self._known: set[str] = set()
 
     def transactional_id(self, tp: TopicPartition) -> str:
         """Stable id per input partition (see module docstring)."""
         return f"explainstream-{self._group}-{tp.topic}-{tp.partition}"
 
-    async def add(
+    async def open(self, tps: set[Hashable]) -> set[Hashable]:
+        """Initialise a transactional producer per partition (fences the previous owner)."""
+        new = [tp for tp in tps if tp not in self._parts]
+        results = await asyncio.gather(*(self._init(tp) for tp in new), return_exceptions=True)
+        for tp, res in zip(new, results, strict=True):
+            if isinstance(res, BaseException):
+                log.error("cannot initialise the producer of %s: %r", tp, res)
+            else:
+                self._parts[tp] = _Partition(res)
+        return {tp for tp in tps if tp in self._parts}
+
+    async def _init(self, tp: Any) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            **self._conn,
+            transactional_id=self.transactional_id(tp),
+            acks="all",
+            enable_idempotence=True,
+        )
+        try:
+            await asyncio.wait_for(producer.start(), self._timeout)  # init_transactions
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        return producer
+
+    async def writable(self, topic: str) -> bool:
+        """Metadata for ``topic`` within the publish timeout (cached once seen)."""
+        if topic in self._known:
+            return True
+        part = next(iter(self._parts.values()), None)
+        if part is None:
+            return False
+        try:
+            parts = await asyncio.wait_for(part.producer.partitions_for(topic), self._timeout)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("topic %s is not writable: %s", topic, exc)
+            return False
+        if parts:
+            self._known.add(topic)
+        return bool(parts)
+
+    async def put(
         self,
-        tp: TopicPartition,
+        tp: Hashable,
         offset: int,
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes]],
+        headers: Headers,
     ) -> None:
-        """Hold one output record for the request at ``tp``/``offset``."""
-        self._parts.setdefault(tp, _Partition()).pending[offset] = (topic, key, value, headers)
+        """Hold one output record for the request at ``tp``/``offset``.
 
-    async def _producer(self, tp: TopicPartition, part: _Partition) -> AIOKafkaProducer:
-        if part.producer is None:
-            producer = AIOKafkaProducer(
-                **self._conn,
-                transactional_id=self.transactional_id(tp),
-                acks="all",
-                enable_idempotence=True,
-            )
-            await producer.start()  # init_transactions: fences the previous owner
-            part.producer = producer
-        return part.producer
+        A partition that is not (or no longer) ours drops it: its next owner answers.
+        """
+        part = self._parts.get(tp)
+        if part is not None:
+            part.pending[offset] = (topic, key, value, headers)
 
-    async def flush(self, tracker: OffsetTracker, tps: set[TopicPartition]) -> None:
-        """Commit, per partition, the held records below the safe position plus the offset."""
-        for tp in tps:
-            part = self._parts.setdefault(tp, _Partition())
+    async def commit(self, tracker: OffsetTracker, tps: Iterable[Hashable]) -> None:
+        """Per partition: held records below the safe position, plus that offset, atomically."""
+        for tp in list(tps):
+            part = self._parts.get(tp)
+            if part is None:
+                continue
             async with part.lock:
+                if self._parts.get(tp) is not part:
+                    continue  # lost or released while we waited
                 target = tracker.to_commit([tp]).get(tp)
                 if target is None:
                     continue
                 ready = sorted(o for o in part.pending if o < target)
                 started = time.monotonic()
-                producer = await self._producer(tp, part)
+                producer = part.producer
                 try:
                     async with producer.transaction():
                         for offset in ready:
                             topic, key, value, headers = part.pending[offset]
                             await producer.send(topic, value, key=key, headers=headers)
                         await producer.send_offsets_to_transaction({tp: target}, self._group)
+                except _FENCED as exc:
+                    await self._lose(tp, exc)
+                    continue
                 except KafkaError as exc:
-                    # The transaction was aborted: records stay held, offsets uncommitted.
-                    log.warning("transaction for %s failed: %s", tp, exc)
-                    await self._reset(part)
+                    # Aborted: records stay held, offsets uncommitted; the next round retries.
+                    log.warning("transaction for %s failed: %r", tp, exc)
                     continue
                 for offset in ready:
                     del part.pending[offset]
@@ -116,21 +179,36 @@ class TransactionalPublisher:
                 if self._on_commit is not None:
                     self._on_commit(time.monotonic() - started)
 
-    async def _reset(self, part: _Partition) -> None:
-        if part.producer is not None:
-            with contextlib.suppress(Exception):
-                await part.producer.stop()
-            part.producer = None
+    async def _lose(self, tp: Hashable, exc: BaseException) -> None:
+        part = self._parts.pop(tp, None)
+        if part is None:
+            return
+        log.error(
+            "producer of %s was fenced (%r): partition lost, %d held results dropped; "
+            "the group reassigns it",
+            tp,
+            exc,
+            len(part.pending),
+        )
+        part.pending.clear()
+        with contextlib.suppress(Exception):
+            await part.producer.stop()
+        if self._on_lost is not None:
+            self._on_lost(tp)
 
-    async def release(self, tps: set[TopicPartition]) -> None:
+    def held(self, tp: Hashable) -> int:
+        """Records held for ``tp`` until its next transaction."""
+        part = self._parts.get(tp)
+        return len(part.pending) if part else 0
+
+    async def release(self, tps: set[Hashable]) -> None:
         """Drop revoked partitions: their producers stop, unflushed records are discarded."""
         for tp in tps:
             part = self._parts.pop(tp, None)
             if part is not None:
-                await self._reset(part)
+                with contextlib.suppress(Exception):
+                    await part.producer.stop()
 
     async def close(self) -> None:
         """Stop every producer."""
-        for part in self._parts.values():
-            await self._reset(part)
-        self._parts.clear()
+        await self.release(set(self._parts))

@@ -8,13 +8,11 @@ import asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from consumer.config import Settings
+from consumer.config import TIERS, Settings
 from producer_sdk.connection import KafkaConnection
 from schemas.errors import KafkaUnavailable
 
 __all__ = ["all_topics", "ensure_service_topics", "ensure_topics", "register"]
-
-TIERS = ("urgent", "high", "normal", "low")
 
 
 def all_topics(prefix: str) -> list[str]:

@@ -252,11 +252,13 @@ async def test_open_breaker_pauses_intake_then_recovers(
         async with aiohttp.ClientSession() as http, http.get(ready_url) as resp:
             assert resp.status == 503
             assert (await resp.json())["breaker_state"] == "open"
-        normal = {tp for tp in svc._assigned if tp.topic == settings.request_topics()["normal"]}
-        assert svc._consumer is not None
-        await wait_until(lambda: normal <= svc._consumer.paused())  # type: ignore[union-attr]
-        # Intake is paused: at most the bounded buffer was taken, nothing answered as FAILED.
-        assert len(svc.scheduler) <= settings.max_queue_size + 100
+        normal = {tp for tp in svc.assigned() if tp.topic == settings.request_topics()["normal"]}
+        assert svc.intake is not None
+        await wait_until(lambda: normal <= svc.intake.consumer.paused())  # type: ignore[union-attr]
+        # Intake is paused: at most the bounded buffer was taken (plus retries waiting to go
+        # back to the head of their tier, at most one per slot), nothing answered as FAILED.
+        bound = svc.scheduler.capacity_per_tier + settings.max_concurrent_requests
+        assert svc.scheduler.depth(2) <= bound
         assert svc.status()["results"]["FAILED"] == 0
         engine.healthy = True
         results = await collect(boot, settings.results_topic, 40, timeout_s=60)
@@ -299,7 +301,7 @@ async def test_rebalance_hands_over_without_loss_or_duplicates(
         async with ConsumerService(second_settings) as second:
             results = await collect(boot, settings.results_topic, 800, timeout_s=120)
             await _wait_committed(settings, "normal")
-            assert second._assigned and first._assigned  # both got partitions
+            assert second.assigned() and first.assigned()  # both got partitions
     by_id = results_by_id(results)
     assert set(by_id) == {r.request_id for r in requests}
     assert all(len(v) == 1 for v in by_id.values())

@@ -1,0 +1,81 @@
+"""Group membership: the consumer client, the rebalance listener, positioning on assignment."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from consumer.config import Settings
+from schemas.errors import KafkaUnavailable
+
+__all__ = ["Listener", "make_consumer", "seek_to_committed", "start_consumer"]
+
+log = logging.getLogger("explainstream.group")
+
+Hook = Callable[[set[TopicPartition]], Awaitable[None]]
+
+
+class Listener(ConsumerRebalanceListener):
+    """Forwards aiokafka's rebalance callbacks to the service."""
+
+    def __init__(self, on_assigned: Hook, on_revoked: Hook) -> None:
+        self._assigned = on_assigned
+        self._revoked = on_revoked
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._assigned(set(assigned))
+
+
+def make_consumer(settings: Settings, conn: dict[str, Any]) -> AIOKafkaConsumer:
+    """The service's group consumer: manual commits, read_committed, bounded fetches."""
+    s = settings
+    extra: dict[str, Any] = {}
+    if s.kafka_group_instance_id:
+        extra["group_instance_id"] = s.kafka_group_instance_id
+    return AIOKafkaConsumer(
+        **conn,
+        group_id=s.kafka_group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_interval_ms=s.kafka_max_poll_interval_ms,
+        session_timeout_ms=s.kafka_session_timeout_ms,
+        heartbeat_interval_ms=min(3000, s.kafka_session_timeout_ms // 3),
+        max_partition_fetch_bytes=256 * 1024,
+        fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+        **extra,
+    )
+
+
+async def start_consumer(
+    consumer: AIOKafkaConsumer, topics: list[str], listener: Listener, bootstrap: str
+) -> None:
+    """Connect and subscribe; KafkaUnavailable when the cluster cannot be reached."""
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        raise KafkaUnavailable(f"Kafka at {bootstrap}: {exc}") from exc
+    consumer.subscribe(topics, listener=listener)
+
+
+async def seek_to_committed(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> None:
+    """Position each partition at its committed offset, read now.
+
+    Called after the sink fenced the previous owner, so the offset read here is final; the
+    group's own offset refresh may have run before that fence.
+    """
+    for tp in tps:
+        try:
+            offset = await consumer.committed(tp)
+        except KafkaError as exc:
+            log.warning("committed offset of %s unknown (%s); using the group's view", tp, exc)
+            continue
+        if offset is not None and tp in consumer.assignment():
+            consumer.seek(tp, offset)

@@ -1,0 +1,176 @@
+"""Where results go: one seam (:class:`ResultSink`), two delivery policies.
+
+* :class:`AtLeastOnceSink` — every record is sent and acknowledged before its offset counts
+  as done; offsets are committed separately, only for the contiguous handled prefix. A send
+  gives up after PUBLISH_TIMEOUT_S with :class:`PublishError` (the runner then answers FAILED
+  on the default results topic, or dead-letters).
+* :class:`~consumer.kafka.eos.TransactionalSink` (DELIVERY=exactly-once) — records are held
+  per input partition and written with that partition's offsets in one transaction.
+
+The runtime never sees an aiokafka type: it hands a sink (topic, key, value, headers) and the
+request's (partition, offset), and asks it to commit what the offset tracker allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from consumer.core.offsets import OffsetTracker
+from schemas.errors import KafkaUnavailable
+
+__all__ = ["AtLeastOnceSink", "Headers", "PublishError", "ResultSink"]
+
+log = logging.getLogger("explainstream.sink")
+
+Headers = list[tuple[str, bytes]]
+
+
+class PublishError(KafkaUnavailable):
+    """A record could not be written within PUBLISH_TIMEOUT_S (or the topic refuses it)."""
+
+    retriable = False
+
+
+class ResultSink(Protocol):
+    """What the runtime asks of result delivery (see module docstring)."""
+
+    async def open(self, tps: set[Hashable]) -> set[Hashable]:
+        """Prepare newly assigned partitions; returns those that are ready."""
+        ...
+
+    async def put(
+        self,
+        tp: Hashable,
+        offset: int,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+    ) -> None:
+        """Deliver (or hold for the transaction) the output of the request at tp/offset."""
+        ...
+
+    async def writable(self, topic: str) -> bool:
+        """Does ``topic`` exist for this producer, within PUBLISH_TIMEOUT_S?"""
+        ...
+
+    async def commit(self, tracker: OffsetTracker, tps: Iterable[Hashable]) -> None:
+        """Commit, per partition, what the tracker says is safe."""
+        ...
+
+    async def release(self, tps: set[Hashable]) -> None:
+        """Forget revoked or lost partitions."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every client (idempotent)."""
+        ...
+
+
+class AtLeastOnceSink:
+    """Idempotent producer; offsets committed through the group after the acks."""
+
+    def __init__(
+        self,
+        conn: dict[str, Any],
+        consumer: AIOKafkaConsumer,
+        *,
+        publish_timeout_s: float,
+        on_commit: Callable[[float], None] | None = None,
+    ) -> None:
+        self._conn = conn
+        self._consumer = consumer
+        self._timeout = publish_timeout_s
+        self._on_commit = on_commit
+        self._producer: AIOKafkaProducer | None = None
+        self._known: set[str] = set()
+
+    async def start(self) -> None:
+        """Connect the producer."""
+        self._producer = AIOKafkaProducer(
+            **self._conn, acks="all", enable_idempotence=True, linger_ms=2
+        )
+        await self._producer.start()
+
+    async def open(self, tps: set[Hashable]) -> set[Hashable]:
+        """Nothing to prepare per partition."""
+        return set(tps)
+
+    async def writable(self, topic: str) -> bool:
+        """Metadata for ``topic`` within the publish timeout (cached once seen)."""
+        if topic in self._known:
+            return True
+        assert self._producer is not None
+        try:
+            parts = await asyncio.wait_for(self._producer.partitions_for(topic), self._timeout)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("topic %s is not writable: %s", topic, exc)
+            return False
+        if parts:
+            self._known.add(topic)
+        return bool(parts)
+
+    async def put(
+        self,
+        tp: Hashable,
+        offset: int,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+    ) -> None:
+        """Send and await the ack; retriable errors are retried until the timeout."""
+        assert self._producer is not None
+        deadline = time.monotonic() + self._timeout
+        delay = 0.1
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(
+                    self._producer.send_and_wait(topic, value, key=key, headers=headers),
+                    max(0.01, left),
+                )
+                return
+            except TimeoutError:
+                raise PublishError(
+                    f"no ack from {topic} within PUBLISH_TIMEOUT_S={self._timeout}s"
+                ) from None
+            except KafkaError as exc:
+                if not getattr(exc, "retriable", False) or left <= delay:
+                    raise PublishError(f"publish to {topic} failed: {exc!r}") from exc
+                log.warning("publish to %s failed (%s); retrying in %.1fs", topic, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def commit(self, tracker: OffsetTracker, tps: Iterable[Hashable]) -> None:
+        """Commit the handled prefix of ``tps``; a rebalance in progress skips the round."""
+        offsets = tracker.to_commit(list(tps))
+        if not offsets:
+            return
+        started = time.monotonic()
+        typed: dict[TopicPartition, int] = {tp: off for tp, off in offsets.items()}
+        try:
+            await self._consumer.commit(typed)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took the partitions; the new owner re-reads from the last commit.
+            log.info("commit skipped during rebalance: %s", exc)
+            return
+        tracker.committed(offsets)
+        if self._on_commit is not None:
+            self._on_commit(time.monotonic() - started)
+
+    async def release(self, tps: set[Hashable]) -> None:
+        """Nothing is held per partition."""
+
+    async def close(self) -> None:
+        """Stop the producer."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
