@@ -71,6 +71,7 @@ class SchemaRegistry(Protocol):
 EMBEDDED_IDS: dict[tuple[str, int], int] = {
     (REQUEST_SUBJECT, 1): 1,
     (RESULT_SUBJECT, 1): 2,
+    (RESULT_SUBJECT, 2): 3,  # adds compute_ms
 }
 
 

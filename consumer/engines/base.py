@@ -74,6 +74,7 @@ class GenerationResult:
     finish_reason: str  # "stop" | "length" | "deadline"
     confidence_score: float | None = None
     processing_time_ms: float = 0.0
+    compute_ms: float = 0.0
 
 
 def warmup_requests(profiles: list[str]) -> list[GenerationRequest]:

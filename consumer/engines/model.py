@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUNDLED_MODEL_PACKAGE",
+    "available_memory_bytes",
     "context_size",
     "default_model_path",
     "file_sha256",
@@ -266,3 +267,30 @@ def model_info(metadata: dict[str, str], path: str, settings: Settings, n_ctx: i
         context_size=n_ctx,
         model_sha256=file_sha256(path),
     )
+
+
+def available_memory_bytes(on_gpu: bool) -> int | None:
+    """Free memory a new model would load into: GPU 0's (NVML) or the host's MemAvailable.
+
+    None when it cannot be read.
+    """
+    if on_gpu:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+                return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception:  # no NVML, no driver: fall back to the host's figure
+            pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -10,8 +10,8 @@ import pytest
 
 from consumer.config import Settings
 from consumer.engines.model import file_sha256
-from consumer.runtime.service import ConsumerService
 from consumer.kafka.topics import ensure_service_topics
+from consumer.runtime.service import ConsumerService
 from schemas.models import AnalysisContext, ResultStatus
 from tests.integration.helpers import collect, make_request, produce_requests, results_by_id
 

@@ -53,3 +53,24 @@ def test_make_model_cli_prints_one_json_line(tmp_path) -> None:
     report = json.loads(proc.stdout)
     assert report["path"] == str(out) and report["quantization"] == "F16"
     assert "F16 tensors" in proc.stderr
+
+
+async def test_a_vocab_only_gguf_carries_the_tokenizer_for_make_model(
+    start_engine, tmp_path, model_path
+) -> None:
+    vocab = tmp_path / "vocab.gguf"
+    made = await asyncio.to_thread(make_synthetic_model, vocab, "vocab-only")
+    assert made["n_vocab"] == 49_152
+    assert vocab.stat().st_size < 8 * 2**20 < 90 * 2**20  # far below the bundled package
+    out = tmp_path / "tiny-from-vocab.gguf"
+    await asyncio.to_thread(make_synthetic_model, out, "tiny", "Q8_0", tokenizer_from=str(vocab))
+    engine = await start_engine(model_path=str(out), max_concurrent_requests=2)
+    results = await asyncio.gather(
+        *(engine.generate(request(i, max_tokens=4, ignore_eos=True)) for i in range(2))
+    )
+    assert [r.completion_tokens for r in results] == [4, 4]
+    # Same tokens for the same prompt as with the bundled model's own tokenizer.
+    bundled = await start_engine(max_concurrent_requests=2)
+    ctx = request(0).context
+    assert engine.render_prompt("default", ctx)[1] == bundled.render_prompt("default", ctx)[1]
+    assert engine.stats()["prefix_cache_hits"] >= 2

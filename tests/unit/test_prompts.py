@@ -173,3 +173,129 @@ def test_prefix_sharing_falls_back_when_tokens_merge_across_the_cut(prompter_fac
     enc = prompter.encode("default", ctx())
     assert enc.prefix_len == 0
     assert len(enc.tokens) == 1
+
+
+# --- profiles from PROMPT_PROFILES_PATH -------------------------------------------------
+
+
+def test_no_file_means_the_built_in_profiles() -> None:
+    from consumer.engines.prompts import DEFAULT_INSTRUCTION, load_profiles
+
+    profiles = load_profiles(None)
+    assert profiles.names() == ["default", "options"]
+    assert profiles.get("default").system == PROFILES["default"]
+    assert profiles.get("options").instruction == DEFAULT_INSTRUCTION
+
+
+def test_a_yaml_file_adds_profiles_and_updates_built_in_fields(tmp_path) -> None:
+    from consumer.engines.prompts import load_profiles
+
+    path = tmp_path / "profiles.yaml"
+    path.write_text(
+        "crypto:\n"
+        "  system: You explain crypto market metrics in two sentences.\n"
+        "  instruction: Explain the crypto metrics below.\n"
+        "  top_k: 20\n"
+        "  top_p: 0.9\n"
+        "default:\n"
+        "  instruction: Explain this for a retail investor.\n"
+    )
+    profiles = load_profiles(str(path))
+    assert profiles.names() == ["crypto", "default", "options"]
+    crypto = profiles.get("crypto")
+    assert crypto.system.startswith("You explain crypto")
+    assert (crypto.top_k, crypto.top_p, crypto.min_p) == (20, 0.9, None)
+    default = profiles.get("default")
+    assert default.system == PROFILES["default"]  # only the given field changed
+    assert default.instruction == "Explain this for a retail investor."
+    message = build_messages("crypto", ctx(), profiles)[1]["content"]
+    assert message.startswith("Explain the crypto metrics below.\n" + DATA_OPEN + "\n")
+
+
+def test_a_json_file_may_nest_profiles_under_a_key(tmp_path) -> None:
+    from consumer.engines.prompts import load_profiles
+
+    path = tmp_path / "profiles.json"
+    path.write_text(json.dumps({"profiles": {"rates": {"system": "You explain rates."}}}))
+    assert "rates" in load_profiles(str(path))
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ({"crypto": {"instruction": "no system"}}, "system is required"),
+        ({"crypto": {"system": ""}}, "non-empty"),
+        ({"crypto": {"system": "x", "temperature": 0.3}}, "unknown field"),
+        ({"crypto": {"system": "x", "top_p": 0}}, "top_p"),
+        ({"crypto": {"system": "x", "top_k": -1}}, "top_k"),
+        ({"crypto": {"system": "x", "min_p": 1.5}}, "min_p"),
+        ({"crypto": {"system": "see " + DATA_CLOSE}}, "tags"),
+        ({"crypto": "just text"}, "expected a mapping"),
+        ({"bad name!": {"system": "x"}}, "names are"),
+    ],
+)
+def test_a_bad_profile_fails_naming_the_variable_and_the_profile(tmp_path, spec, problem) -> None:
+    from consumer.engines.prompts import load_profiles
+    from schemas.errors import ConfigError
+
+    path = tmp_path / "profiles.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match=problem) as info:
+        load_profiles(str(path))
+    assert info.value.variable == "PROMPT_PROFILES_PATH"
+    assert repr(next(iter(spec))) in str(info.value)
+
+
+def test_an_unreadable_or_malformed_file_fails_naming_the_variable(tmp_path) -> None:
+    from consumer.engines.prompts import load_profiles
+    from schemas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="PROMPT_PROFILES_PATH: cannot read"):
+        load_profiles(str(tmp_path / "missing.yaml"))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        load_profiles(str(broken))
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_profiles(str(empty))
+
+
+def test_the_active_set_decides_which_profiles_requests_may_name(tmp_path) -> None:
+    from consumer.engines.prompts import activate, active_profiles, load_profiles
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"rates": {"system": "You explain rates."}}))
+    before = active_profiles()
+    try:
+        activate(load_profiles(str(path)))
+        assert "rates" in list_profiles()
+        assert system_prompt("rates") == "You explain rates."
+    finally:
+        activate(before)
+    with pytest.raises(RequestRejected):
+        system_prompt("rates")
+
+
+def test_custom_profile_prefix_is_split_off_like_the_built_in_ones(
+    prompter_factory, tmp_path
+) -> None:
+    from consumer.engines.prompts import ChatPrompter, load_profiles
+
+    path = tmp_path / "p.json"
+    path.write_text(
+        json.dumps({"rates": {"system": "You explain rates.", "instruction": "Explain rates."}})
+    )
+    prompter_factory()  # skips without llama_cpp
+    prompter = ChatPrompter(
+        CHATML,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        tokenize=byte_tokens,
+        profiles=load_profiles(str(path)),
+    )
+    text, tokens = prompter.prefix("rates")
+    assert text.endswith("Explain rates.\n" + DATA_OPEN + "\n")
+    enc = prompter.encode("rates", ctx())
+    assert enc.prefix_len == len(tokens) > 0

@@ -1,0 +1,141 @@
+"""The batch plan: pure decisions of the batch loop, tested with plain values.
+
+Each pass the loop first decides here (who is admitted, who is preempted, which prompt
+chunks ride in the batch, what to do when llama.cpp finds no KV room), then acts on the
+native handles. Nothing in this module touches llama.cpp.
+
+Priority has one owner, the runtime's scheduler: the engine keeps its waiting requests in
+arrival order. The one exception is preemption: an urgent request that waits while every
+slot is busy takes the slot of the least urgent running sequence, which goes back to the
+waiting queue (keeping what it generated) at its original arrival position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = [
+    "URGENT",
+    "Chunk",
+    "KvFullAction",
+    "Running",
+    "choose_admissions",
+    "choose_preemption",
+    "on_kv_full",
+    "plan_chunks",
+]
+
+#: Only requests of this priority (0, the ``urgent`` tier) preempt running sequences.
+URGENT = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A busy slot as the plan sees it."""
+
+    priority: int
+    order: int  # arrival number (smaller = earlier)
+    generated: int  # tokens generated so far
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """``take`` prompt tokens of slot ``slot`` go into this step's batch."""
+
+    slot: int
+    take: int
+    last: bool  # the chunk ends the prompt: its last token's logits are sampled
+
+
+class KvFullAction(Enum):
+    """What to do when ``llama_decode`` reports that the KV cache has no room."""
+
+    REQUEUE_NEWEST = "requeue-newest"  # free the newest sequence's cells, retry the step
+    FAIL = "fail"  # a single sequence does not fit on its own
+
+
+def choose_admissions(free_slots: int, waiting: int, *, draining: bool, kv_hold: bool) -> int:
+    """How many waiting requests (from the front, arrival order) take free slots now.
+
+    None while a reload drains the engine, and none while the KV cache is known to be full
+    (``kv_hold``: set when a sequence had to be requeued for room, cleared when one
+    finishes), so a requeued sequence is not readmitted straight into the same failure.
+    """
+    if draining or kv_hold:
+        return 0
+    return max(0, min(free_slots, waiting))
+
+
+def choose_preemption(waiting_priority: int | None, running: Sequence[Running]) -> int | None:
+    """Index into ``running`` of the sequence an urgent waiting request displaces, or None.
+
+    ``running`` lists the busy slots when none is free. Only an urgent request preempts;
+    the victim is the least urgent running sequence (ties: the latest arrival, which has
+    the least invested), and never one at least as urgent as the waiting request.
+    """
+    if waiting_priority is None or waiting_priority > URGENT:
+        return None
+    best: int | None = None
+    for i, r in enumerate(running):
+        if r.priority <= waiting_priority:
+            continue
+        if best is None or (r.priority, r.order) > (running[best].priority, running[best].order):
+            best = i
+    return best
+
+
+def plan_chunks(
+    n_generating: int, prefilling: Sequence[tuple[int, int]], n_batch: int
+) -> list[Chunk]:
+    """Prompt chunks for this step.
+
+    ``n_generating`` tokens (one per generating sequence) are already in the batch;
+    ``prefilling`` lists ``(slot, prompt tokens left)`` oldest admission first. Chunks fill
+    the rest of ``n_batch`` in that order, so the oldest admitted prompt finishes first and
+    starts generating soonest.
+    """
+    room = n_batch - n_generating
+    out: list[Chunk] = []
+    for slot, left in prefilling:
+        if room <= 0:
+            break
+        if left <= 0:
+            continue
+        take = min(left, room)
+        out.append(Chunk(slot, take, take == left))
+        room -= take
+    return out
+
+
+def on_kv_full(running_orders: Sequence[int]) -> tuple[KvFullAction, int | None]:
+    """Recovery when the KV cache cannot hold this step's batch.
+
+    ``running_orders`` are the arrival numbers of the sequences in the batch. Like
+    llama.cpp's server, the newest sequence gives its cells back (it is requeued with what
+    it generated) and the step is retried without it; a sequence alone that still does not
+    fit fails. Returns the action and the index (into ``running_orders``) to requeue.
+    """
+    if len(running_orders) <= 1:
+        return KvFullAction.FAIL, 0 if running_orders else None
+    newest = max(range(len(running_orders)), key=running_orders.__getitem__)
+    return KvFullAction.REQUEUE_NEWEST, newest
+
+
+#: A model needs about its file size plus this share again (KV cache, compute buffers).
+LOAD_OVERHEAD = 0.25
+
+
+def free_old_first(new_model_bytes: int, context_bytes: int, available_bytes: int | None) -> bool:
+    """Whether a reload must free the old model before loading the new one.
+
+    Loading first keeps the old model serving if the new one fails; that needs room for
+    both. When the new model (plus its context and a margin) does not fit in what is free
+    now, the old one is freed first (and reloaded if the new one fails). Unknown free
+    memory keeps the safe order.
+    """
+    if available_bytes is None:
+        return False
+    need = int(new_model_bytes * (1 + LOAD_OVERHEAD)) + context_bytes
+    return need > available_bytes
