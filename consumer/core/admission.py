@@ -97,7 +97,9 @@ def reply_policy(
 
 def context_bytes(context: Mapping[str, Any]) -> int:
     """Size of a context as compact UTF-8 JSON: a stable measure of what reaches the prompt."""
-    text = json.dumps(context, separators=(",", ":"), sort_keys=True, default=str)
+    text = json.dumps(
+        context, separators=(",", ":"), sort_keys=True, default=str, ensure_ascii=False
+    )
     return len(text.encode())
 
 

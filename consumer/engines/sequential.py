@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from typing import Any
 
@@ -119,6 +120,7 @@ class SequentialEngine:
             await self._lock.acquire()
         finally:
             self._waiting -= 1
+        handed_to_thread = False
         try:
             if self._llm is None:
                 raise EngineError("sequential engine not started")
@@ -126,12 +128,36 @@ class SequentialEngine:
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"request {request.request_id} expired in queue")
             self._in_flight = 1
-            return await asyncio.to_thread(self._run, self._llm, request)
+            cancel = threading.Event()
+            running = asyncio.ensure_future(asyncio.to_thread(self._run, self._llm, request, cancel))
+            # The lock belongs to the worker thread from here: only its end releases it, so a
+            # cancelled caller never lets the next request (or reload/stop) onto a busy Llama.
+            running.add_done_callback(self._thread_done)
+            handed_to_thread = True
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                cancel.set()  # the thread stops at its next token
+                raise
         finally:
-            self._in_flight = 0
-            self._lock.release()
+            if not handed_to_thread:
+                self._in_flight = 0
+                self._lock.release()
 
-    def _run(self, llm: Any, request: GenerationRequest) -> GenerationResult:
+    def _thread_done(self, running: asyncio.Future[GenerationResult]) -> None:
+        if not running.cancelled():
+            running.exception()  # retrieved here when the caller was cancelled
+        self._in_flight = 0
+        self._lock.release()
+
+    def alive(self) -> bool:
+        """No long-lived worker: each generation runs in its own thread and reports its
+        failure as EngineError, so the engine itself is always alive."""
+        return True
+
+    def _run(
+        self, llm: Any, request: GenerationRequest, cancel: threading.Event | None = None
+    ) -> GenerationResult:
         from llama_cpp import LogitsProcessorList
 
         messages = build_messages(request.prompt_profile, request.context)
@@ -144,7 +170,8 @@ class SequentialEngine:
         # which would undo the forced end-of-generation at the deadline.
         def process(_ids: Any, scores: Any) -> Any:
             nonlocal expired
-            if deadline is not None and time.monotonic() >= deadline:
+            stop = cancel is not None and cancel.is_set()
+            if stop or (deadline is not None and time.monotonic() >= deadline):
                 expired = True
                 scores[:] = -np.inf
                 scores[eos] = 0.0
@@ -152,9 +179,7 @@ class SequentialEngine:
                 scores[eog] = -np.inf
             return scores
 
-        processors = (
-            LogitsProcessorList([process]) if deadline is not None or request.ignore_eos else None
-        )
+        processors = LogitsProcessorList([process])
         t0 = time.monotonic()
         try:
             out = llm.create_chat_completion(

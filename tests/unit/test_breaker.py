@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from consumer.core.breaker import BreakerState, CircuitBreaker
 
 
@@ -51,3 +53,43 @@ def test_failed_probe_reopens() -> None:
     assert b.state(10.0) is BreakerState.OPEN
     assert b.state(19.9) is BreakerState.OPEN
     assert b.state(20.0) is BreakerState.HALF_OPEN
+
+
+def test_half_open_without_a_verdict_reopens_after_its_timeout() -> None:
+    b = CircuitBreaker(window=4, min_calls=2, open_s=1.0, probes=1, half_open_timeout_s=5.0)
+    b.record(False, 0)
+    b.record(False, 0)
+    assert b.allow(1.0)  # the probe is taken ... and its call never reports back
+    assert not b.allow(2.0)
+    assert b.state(5.9) is BreakerState.HALF_OPEN
+    assert b.state(6.0) is BreakerState.OPEN  # the exit of half-open
+    assert b.state(7.0) is BreakerState.HALF_OPEN
+    assert b.allow(7.0)  # fresh probes
+
+
+def test_a_released_probe_can_be_taken_again() -> None:
+    b = CircuitBreaker(window=4, min_calls=2, open_s=1.0, probes=1)
+    b.record(False, 0)
+    b.record(False, 0)
+    assert b.can_admit(1.0)
+    assert b.allow(1.0)
+    assert not b.can_admit(1.0) and not b.allow(1.0)
+    b.release(1.1)  # e.g. the request expired during inference: no verdict on the engine
+    assert b.can_admit(1.2) and b.allow(1.2)
+    b.record(True, 1.3)
+    assert b.state(1.3) is BreakerState.CLOSED
+
+
+def test_can_admit_takes_no_probe() -> None:
+    b = CircuitBreaker(window=4, min_calls=2, open_s=1.0, probes=1)
+    b.record(False, 0)
+    b.record(False, 0)
+    assert not b.can_admit(0.5)  # open
+    for _ in range(5):
+        assert b.can_admit(1.0)
+    assert b.allow(1.0)
+
+
+def test_bad_half_open_timeout_is_refused() -> None:
+    with pytest.raises(ValueError):
+        CircuitBreaker(half_open_timeout_s=0)

@@ -59,3 +59,30 @@ def test_forgotten_partitions_ignore_late_completions() -> None:
     t.done(TP, 1)
     assert t.commit_position(TP) is None
     assert t.to_commit() == {}
+
+
+def test_committed_never_moves_back() -> None:
+    t = OffsetTracker()
+    for off in range(5):
+        t.started(TP, off)
+        t.done(TP, off)
+    t.committed({TP: 5})
+    t.committed({TP: 3})  # a late report of an older commit
+    assert t.to_commit() == {}
+    t.started(TP, 5)
+    t.done(TP, 5)
+    assert t.to_commit() == {TP: 6}
+
+
+def test_uncommitted_done_counts_gaps_and_uncommitted_prefix() -> None:
+    t = OffsetTracker()
+    for off in range(6):
+        t.started(TP, off)
+    for off in (1, 2, 4):
+        t.done(TP, off)  # held behind offset 0
+    assert t.uncommitted_done(TP) == 3
+    t.done(TP, 0)  # prefix 0..2 done, not yet committed
+    assert t.uncommitted_done(TP) == 4
+    t.committed({TP: 3})
+    assert t.uncommitted_done(TP) == 1  # offset 4, behind 3
+    assert t.uncommitted_done(("other", 0)) == 0

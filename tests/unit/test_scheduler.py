@@ -76,3 +76,18 @@ def test_push_front_keeps_age_for_retries() -> None:
 def test_invalid_parameters_are_refused() -> None:
     with pytest.raises(ValueError):
         TierScheduler(capacity_per_tier=0)
+
+
+def test_peek_shows_the_next_pick_without_removing_it() -> None:
+    s: TierScheduler[str] = TierScheduler(capacity_per_tier=10, aging_s=1.0)
+    assert s.peek(0.0) is None
+    s.push("low", 3, now=0.0)
+    s.push("high", 1, now=0.5)
+    head = s.peek(0.6)
+    assert head is not None and head.item == "high" and len(s) == 2
+    assert s.effective_priority(head, 0.6) == 1
+    aged = s.peek(5.0)  # the low one aged to priority 0 and is older
+    assert aged is not None and aged.item == "low"
+    assert s.effective_priority(aged, 5.0) == 0
+    picked = s.pick(5.0)
+    assert picked is aged
