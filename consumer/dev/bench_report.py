@@ -138,7 +138,9 @@ def _plots(data: dict[str, dict[str, Any]], out: Path) -> list[tuple[str, str]]:
         for src in ("engine", "peer"):
             for r in data.get(src, {}).get("runs", []):
                 if {"engine", "concurrency", "tokens_per_s"} <= set(r):
-                    label = r["engine"] if src == "engine" else f"{r['engine']} (peer)"
+                    label = r["engine"]
+                    if src == "peer" and label == "llama":
+                        label = "llama (bench peer run)"
                     series.setdefault(label, []).append((r["concurrency"], r["tokens_per_s"]))
         for label, pts in sorted(series.items()):
             pts.sort()

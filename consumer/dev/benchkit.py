@@ -357,7 +357,9 @@ class ConsumerProcess:
         try:
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                    # Under 1 MiB the process is still being exec'd: not a measurement yet.
+                    rss = int(line.split()[1]) * 1024
+                    return rss if rss >= 2**20 else None
         except OSError:
             return None
         return None
@@ -407,10 +409,17 @@ def common_args(p: argparse.ArgumentParser) -> None:
     """``--json`` and ``--no-progress`` on a bench subcommand."""
     p.add_argument("--json", action="store_true", help="print one JSON object (else markdown)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--out", default=None, help="also write the JSON report to this file")
 
 
 def emit(report: dict[str, Any], args: argparse.Namespace, markdown: Callable[..., str]) -> None:
-    """Print the report as JSON (``--json``) or as a markdown summary."""
+    """Print the report as JSON (``--json``) or as a markdown summary; ``--out`` keeps the JSON."""
+    if getattr(args, "out", None):
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(clean(report), indent=1) + "\n")
+        tmp.replace(path)
     if args.json:
         print(json.dumps(clean(report)))
     else:
