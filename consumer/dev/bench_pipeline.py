@@ -20,34 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import pstats
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from consumer.dev import benchkit as kit
+from consumer.dev.benchprof import summarize
 
 __all__ = ["raw_loop", "register", "run_pipeline_bench"]
-
-#: Which package a profiled function belongs to, by path fragment (first match wins).
-_CATEGORIES: tuple[tuple[str, str], ...] = (
-    ("aiokafka", "aiokafka (client, protocol, records)"),
-    ("fastavro", "fastavro (Avro encode/decode)"),
-    ("schemas/", "schemas (codec, models)"),
-    ("pydantic", "pydantic (models)"),
-    ("consumer/runtime", "consumer.runtime (service loops)"),
-    ("consumer/core", "consumer.core (scheduler, offsets, breaker)"),
-    ("consumer/engines", "consumer.engines (fake engine, prompts)"),
-    ("consumer/kafka", "consumer.kafka"),
-    ("consumer/ops", "consumer.ops (metrics, http)"),
-    ("asyncio", "asyncio (event loop, tasks)"),
-    ("selectors", "socket IO (epoll, send, recv)"),
-    ("epoll", "socket IO (epoll, send, recv)"),
-    ("_socket", "socket IO (epoll, send, recv)"),
-    ("<built-in", "C calls from C"),
-    ("<method", "C calls from C"),
-)
 
 
 def _result_bytes(tier: str = "normal") -> bytes:
@@ -125,7 +106,9 @@ _WARMUP = 20  # requests through each side before a paced phase is timed
 Side = Callable[[str, str, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
 
 
-def _sides(bootstrap: str, concurrency: int, queue: int) -> dict[str, Side]:
+def _sides(
+    bootstrap: str, concurrency: int, queue: int, overrides: dict[str, Any]
+) -> dict[str, Side]:
     value = _result_bytes()
 
     async def raw(prefix: str, group: str, ready: asyncio.Event, stop: asyncio.Event) -> None:
@@ -150,6 +133,7 @@ def _sides(bootstrap: str, concurrency: int, queue: int) -> dict[str, Side]:
             http_port=0,
             metrics_port=0,
             log_level="WARNING",
+            **overrides,
         )
         async with ConsumerService(settings) as svc:
             await svc.wait_assigned()
@@ -292,47 +276,7 @@ def _profile(bootstrap: str, service: Side, n: int, top: int = 15) -> dict[str, 
 
     asyncio.run(run())
     reader.join(30)
-    stats = pstats.Stats(profiler)
-    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    total = sum(v[2] for v in raw.values()) or 1.0
-    groups: dict[str, float] = {}
-    rows = []
-    for (path, line, func), (_cc, ncalls, tottime, cumtime, callers) in raw.items():
-        rows.append((tottime, ncalls, cumtime, f"{_short(path)}:{line}({func})"))
-        if path == "~" and "epoll" not in func and "socket" not in func and callers:
-            # A C call's time belongs to whoever called it (isinstance inside the codec...).
-            for (cpath, _l, cfunc), cstats in callers.items():
-                label = _category(f"{cpath}:{cfunc}")
-                groups[label] = groups.get(label, 0.0) + cstats[2]
-            continue
-        label = _category(f"{path}:{func}")
-        groups[label] = groups.get(label, 0.0) + tottime
-    rows.sort(reverse=True)
-    return {
-        "requests": n,
-        "profiled_cpu_s": total,
-        "wall_s": wall[0],
-        # Well under 1: the service thread waited (stalls), it was not short of CPU.
-        "cpu_over_wall": total / wall[0] if wall[0] else float("nan"),
-        "share_by_package": {
-            k: round(v / total, 4) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])
-        },
-        "top_functions": [
-            {"function": name, "tottime_s": round(t, 4), "calls": c, "cumtime_s": round(cum, 4)}
-            for t, c, cum, name in rows[:top]
-        ],
-    }
-
-
-def _category(where: str) -> str:
-    return next((g for frag, g in _CATEGORIES if frag in where), "other Python")
-
-
-def _short(path: str) -> str:
-    for marker in ("site-packages/", "/lib/python3", "/work/"):
-        if marker in path:
-            return path.split(marker, 1)[1]
-    return path
+    return {"requests": n, **summarize(profiler, wall[0], top)}
 
 
 def run_pipeline_bench(
@@ -345,10 +289,11 @@ def run_pipeline_bench(
     profile_requests: int | None = None,
     concurrency: int = 8,
     queue: int = 256,
+    overrides: dict[str, str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Saturation and paced phases for both sides in alternating order, then the profile."""
-    sides = _sides(bootstrap, concurrency, queue)
+    sides = _sides(bootstrap, concurrency, queue, dict(overrides or {}))
     rounds = max(1, rounds)
     sat: dict[str, list[dict[str, Any]]] = {"raw": [], "service": []}
     paced: dict[str, list[dict[str, Any]]] = {"raw": [], "service": []}
@@ -381,6 +326,7 @@ def run_pipeline_bench(
         "rounds": rounds,
         "concurrency": concurrency,
         "max_queue_size": queue,
+        "service_settings": dict(overrides or {}),
         "machine": machine,
         "saturation": {name: _pool(runs) for name, runs in sat.items()},
         "paced": {name: _pool(runs) for name, runs in paced.items()},
@@ -453,6 +399,7 @@ def _cmd(args: argparse.Namespace) -> int:
             profile_requests=args.profile_requests,
             concurrency=args.concurrency,
             queue=args.max_queue_size,
+            overrides=dict(args.set),
             progress=not args.no_progress,
         )
     kit.emit(report, args, markdown)
@@ -472,5 +419,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile-requests", type=int, default=None, help="0: no profile")
     p.add_argument("--concurrency", type=int, default=8, help="MAX_CONCURRENT_REQUESTS")
     p.add_argument("--max-queue-size", type=int, default=256, help="MAX_QUEUE_SIZE")
+    p.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a service Settings field for this run, e.g. commit_interval_ms=100 (repeatable)",
+    )
     kit.common_args(p)
     p.set_defaults(func=_cmd)
+
+
+def _setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    return key.strip().lower(), value.strip()

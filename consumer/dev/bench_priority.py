@@ -76,6 +76,8 @@ async def _round(
         while sum(1 for a in collector.arrivals if a.key in loaded_sent) < len(urgent):
             await collector.wait_for(len(collector.arrivals) + 1, timeout_s=600)
         low_done = sum(1 for a in collector.arrivals if a.key in low_sent)
+        # The engine's own counters (slots, preemptions...) say how the urgent ones got in.
+        stats = await asyncio.to_thread(proc.admin_stats)
     finally:
         await producer.stop()
         await collector.stop()
@@ -86,6 +88,7 @@ async def _round(
         "loaded_ms": kit.latencies_ms(collector.arrivals, loaded_sent),
         "low_done_during_loaded": low_done,
         "saturated": low_done < len(low),
+        "engine_status": stats.get("engine", {}),
     }
 
 
@@ -100,6 +103,7 @@ def _summary(engine: str, cfg: dict[str, Any], rounds: list[dict[str, Any]]) -> 
         "loaded": kit.latency_summary(loaded),
         "saturated_every_round": all(r["saturated"] for r in rounds),
         "low_done_during_loaded": [r["low_done_during_loaded"] for r in rounds],
+        "engine_status_after_loaded": [r["engine_status"] for r in rounds],
         "idle_ms": idle,
         "loaded_ms": loaded,
     }

@@ -311,6 +311,7 @@ class ConsumerProcess:
             "METRICS_PORT": "0",
             "PROMETHEUS_ENABLED": "false",
             "LOG_LEVEL": "WARNING",
+            "ADMIN_TOKEN": uuid.uuid4().hex,
             **env,
         }
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
@@ -337,6 +338,18 @@ class ConsumerProcess:
                 return bool(resp.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+    def admin_stats(self) -> dict[str, Any]:
+        """``GET /admin/stats`` (status + engine counters); empty when it does not answer."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/admin/stats",
+            headers={"Authorization": f"Bearer {self.env['ADMIN_TOKEN']}"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return dict(json.loads(resp.read()))
+        except (urllib.error.URLError, OSError, ValueError):
+            return {}
 
     async def wait_ready(self, timeout_s: float = 180.0) -> float:
         """Seconds from spawn until ``/ready`` answered 200 (model loaded, partitions held)."""
