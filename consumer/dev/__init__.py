@@ -1,1 +1,4 @@
-"""Developer tools: dev broker, demo, benchmarks, synthetic models (the runtime never imports this)."""
+"""Developer tools: dev broker, demo, benchmarks, synthetic models.
+
+The runtime never imports this package.
+"""
