@@ -164,6 +164,15 @@ def markdown(report: dict[str, Any]) -> str:
             f"{s['loaded']['p50_ms']:.0f} / {s['loaded']['p95_ms']:.0f} | "
             f"**{s['p95_loaded_over_idle']:.2f}x** | {s['saturated_every_round']} |"
         )
+    for e, s in report["engines"].items():
+        counters = [c for c in s.get("engine_status_after_loaded", []) if "preemptions" in c]
+        if counters:
+            pre = [c["preemptions"] for c in counters]
+            seqs = [round(c.get("mean_seqs_per_step", 0.0), 2) for c in counters]
+            lines.append(
+                f"\n{e} engine counters at the end of each loaded phase: preemptions {pre}, "
+                f"mean sequences per decode step {seqs}."
+            )
     lines += ["", "Goal: urgent p95 under load <= 2x idle."]
     return "\n".join(lines)
 

@@ -110,6 +110,16 @@ def headline(data: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]
                         verdict(g <= 2, f"by {g - 2:.2f} s"),
                     )
                 )
+    if "engine" in data:
+        for c, r in data["engine"].get("ratio_llama_over_sequential", {}).items():
+            rows.append(
+                ("engine", f"llama / sequential tokens/s, concurrency {c}", f"{r:.2f}x", "figure")
+            )
+    if "peer" in data:
+        for c, r in data["peer"].get("ratio_llama_over_llama_server", {}).items():
+            rows.append(
+                ("peer", f"llama / llama-server tokens/s, concurrency {c}", f"{r:.2f}x", "figure")
+            )
     if "e2e" in data:
         r = _num(data["e2e"].get("llama_over_sequential_explanations_per_min"))
         rows.append(
