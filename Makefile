@@ -52,7 +52,8 @@ bench:
 	$(BIN)/explainstream bench engine --engines llama,sequential --concurrency 1,2,4,8 \
 		--max-tokens 64 --requests 8 --json > docs/benchmarks/engine.json.tmp
 	mv docs/benchmarks/engine.json.tmp docs/benchmarks/engine.json
-	$(BIN)/explainstream bench peer --concurrency 1,8 --max-tokens 64 --out docs/benchmarks/peer.json
+	$(BIN)/explainstream bench peer --concurrency 1,8 --max-tokens 32 --rounds 1 --requests 8 \
+		--out docs/benchmarks/peer.json
 	$(BIN)/explainstream bench pipeline --out docs/benchmarks/pipeline.json
 	$(BIN)/explainstream bench priority --out docs/benchmarks/priority.json
 	$(BIN)/explainstream bench memory --out docs/benchmarks/memory.json

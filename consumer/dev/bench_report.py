@@ -146,16 +146,18 @@ def _plots(data: dict[str, dict[str, Any]], out: Path) -> list[tuple[str, str]]:
         fig, ax = plt.subplots(figsize=(6.4, 4))
         series: dict[str, list[tuple[int, float]]] = {}
         for src in ("engine", "peer"):
+            tokens = data.get(src, {}).get("max_tokens", "?")
             for r in data.get(src, {}).get("runs", []):
                 if {"engine", "concurrency", "tokens_per_s"} <= set(r):
-                    label = r["engine"]
-                    if src == "peer" and label == "llama":
-                        label = "llama (bench peer run)"
+                    # Runs of different lengths are different work: say which run a line is.
+                    label = f"{r['engine']} (bench {src}, {tokens} tokens)"
                     series.setdefault(label, []).append((r["concurrency"], r["tokens_per_s"]))
         for label, pts in sorted(series.items()):
             pts.sort()
             ax.plot([c for c, _ in pts], [t for _, t in pts], marker="o", label=label)
         ax.set_xscale("log", base=2)
+        ticks = sorted({c for pts in series.values() for c, _ in pts})
+        ax.set_xticks(ticks, [str(c) for c in ticks])
         ax.set_xlabel("concurrency (requests in flight)")
         ax.set_ylabel("aggregate tokens/s")
         ax.set_title("Engine throughput vs concurrency")
@@ -257,16 +259,22 @@ def build_report(directory: Path) -> Path:
 
     data = load(directory)
     plots = _plots(data, directory)
-    machines = [d["machine"] for d in data.values() if isinstance(d.get("machine"), dict)]
-    m = machines[0] if machines else {}
-    dates = sorted({x.get("date", "") for x in machines if x.get("date")})
+    machines = {n: d["machine"] for n, d in data.items() if isinstance(d.get("machine"), dict)}
+    # The Kafka benches record the most (CPU model, Python, date, load): describe by them.
+    m: dict[str, Any] = max(machines.values(), key=len, default={})
+    runs = []
+    for name, report in data.items():
+        x = machines.get(name, {})
+        when = x.get("date") or report.get("date") or "no date recorded"
+        load_1m = x.get("loadavg_1m_at_start")
+        runs.append(f"{name} {when}" + ("" if load_1m is None else f" (load {load_1m})"))
     lines = [
         "# explainstream benchmarks",
         "",
         f"Machine: {m.get('cpus', '?')} CPUs, {m.get('cpu_model') or 'CPU model unknown'}, "
-        f"{m.get('platform', '')}, Python {m.get('python', '?')}. "
-        f"Runs: {', '.join(dates) or 'unknown date'}; 1-minute load average at the start of "
-        f"each run: {', '.join(str(x.get('loadavg_1m_at_start', '?')) for x in machines)}.",
+        f"{m.get('platform', '')}, Python {m.get('python', '?')}.",
+        "",
+        f"Runs (1-minute load average at the start): {'; '.join(runs) or 'none'}.",
         "",
         "Every comparison was measured side by side in the same run (alternating order where "
         "there are rounds); read ratios, not absolute figures. Built by "
