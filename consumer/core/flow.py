@@ -9,30 +9,33 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 __all__ = ["URGENT", "desired_pauses", "fetch_budget", "may_dispatch"]
 
 #: Effective priority that may overcommit the engine (the scheduler's tier 0, after aging).
 URGENT = 0
 
+P = TypeVar("P", bound=Hashable)
+
 
 def desired_pauses(
-    tier_of: Mapping[Hashable, int],
+    tier_of: Mapping[P, int],
     *,
     full_tiers: Iterable[int],
     breaker_open: bool,
-    hold: Iterable[Hashable] = (),
-    uncommitted: Mapping[Hashable, int] | None = None,
+    hold: Iterable[P] = (),
+    uncommitted: Mapping[P, int] | None = None,
     max_uncommitted: int | None = None,
-) -> set[Hashable]:
+) -> set[P]:
     """Partitions to pause: all while the breaker is open, those of full tiers, those the
     caller holds (revoking, not ready, lost, waiting to retry a decode) and those whose
-    handled-but-uncommitted records reached ``max_uncommitted``."""
+    taken-but-uncommitted records reached ``max_uncommitted``."""
     if breaker_open:
         return set(tier_of)
     full = set(full_tiers)
     held = set(hold)
-    out: set[Hashable] = set()
+    out: set[P] = set()
     for tp, tier in tier_of.items():
         if (
             tier in full
@@ -47,8 +50,14 @@ def desired_pauses(
     return out
 
 
-def fetch_budget(free: Sequence[int], fetchable_tiers: Iterable[int], cap: int = 100) -> int:
-    """``max_records`` for one fetch: the room of the fetchable tier with the *least* room.
+def fetch_budget(
+    free: Sequence[int],
+    fetchable_tiers: Iterable[int],
+    cap: int = 100,
+    partition_rooms: Iterable[int] = (),
+) -> int:
+    """``max_records`` for one fetch: the least room among the fetchable tiers (and the
+    fetchable partitions' room under MAX_UNCOMMITTED_PER_PARTITION).
 
     Any fetchable partition may fill the whole fetch, so only the smallest room is safe.
     0 means "fetch nothing" (the caller still polls, with ``max_records=1`` on paused
@@ -57,6 +66,7 @@ def fetch_budget(free: Sequence[int], fetchable_tiers: Iterable[int], cap: int =
     rooms = [free[t] for t in set(fetchable_tiers)]
     if not rooms:
         return 0
+    rooms.extend(partition_rooms)
     return max(0, min(min(rooms), cap))
 
 

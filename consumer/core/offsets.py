@@ -85,10 +85,11 @@ class OffsetTracker:
                 while part.finished and part.finished[0] < pos:
                     part.finished.popleft()
 
-    def uncommitted_done(self, tp: Hashable) -> int:
-        """Records of ``tp`` handled but not yet committed (held behind a gap or a commit)."""
+    def uncommitted(self, tp: Hashable) -> int:
+        """Records of ``tp`` taken and not yet committed: buffered, running, publishing,
+        done behind an unfinished lower offset, or done and waiting for the next commit."""
         part = self._parts.get(tp)
-        return len(part.done) + len(part.finished) if part else 0
+        return len(part.outstanding) + len(part.finished) if part else 0
 
     def outstanding(self, tp: Hashable) -> int:
         """How many records of ``tp`` are taken but not done."""

@@ -59,7 +59,8 @@ class PartitionBook:
                 entry.state, entry.since = PartitionState.REVOKING, now
 
     def lost(self, tp: Hashable, now: float) -> None:
-        """A partition whose producer was fenced: another member owns it."""
+        """A partition whose producer was fenced (another member owns it) or could not be
+        prepared: held, never committed, until the group takes it back."""
         entry = self._parts.get(tp)
         if entry is not None:
             entry.state, entry.since = PartitionState.LOST, now

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from consumer.config import TIERS
+
 __all__ = [
     "PRIORITY_BY_TIER",
     "Engine",
@@ -21,8 +23,8 @@ __all__ = [
     "warmup_requests",
 ]
 
-#: Lower number = more urgent. The tier names are the topic suffixes.
-PRIORITY_BY_TIER: dict[str, int] = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
+#: Lower number = more urgent: the index in :data:`consumer.config.TIERS` (topic suffixes).
+PRIORITY_BY_TIER: dict[str, int] = {tier: i for i, tier in enumerate(TIERS)}
 
 
 @dataclass(frozen=True, slots=True)

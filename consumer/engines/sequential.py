@@ -129,7 +129,9 @@ class SequentialEngine:
                 raise DeadlineExceeded(f"request {request.request_id} expired in queue")
             self._in_flight = 1
             cancel = threading.Event()
-            running = asyncio.ensure_future(asyncio.to_thread(self._run, self._llm, request, cancel))
+            running = asyncio.ensure_future(
+                asyncio.to_thread(self._run, self._llm, request, cancel)
+            )
             # The lock belongs to the worker thread from here: only its end releases it, so a
             # cancelled caller never lets the next request (or reload/stop) onto a busy Llama.
             running.add_done_callback(self._thread_done)

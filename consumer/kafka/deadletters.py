@@ -1,7 +1,9 @@
 """Dead letters: undecodable records go to the DLQ unchanged, the error in headers.
 
-Sends are bounded: at most ``limit`` run at once and the intake waits for a free one, so a
-flood of bad records slows the intake instead of piling up tasks. A DLQ send is retried
+Sends are bounded: at most ``limit`` run at once. The intake checks :meth:`DeadLetters.full`
+first and, when every slot is busy, holds the partition at that record and keeps polling
+(waiting here would stop the polls that keep the member in the group), so a flood of bad
+records slows the intake instead of piling up tasks. A DLQ send is retried
 until it lands (bad input is never dropped); while it cannot, the record's offset stays
 uncommitted and the partition's commit waits there.
 """
@@ -69,6 +71,10 @@ class DeadLetters:
         self._on_done = on_done
         self._slots = asyncio.Semaphore(limit)
         self.sent = 0
+
+    def full(self) -> bool:
+        """Every send slot is busy: :meth:`submit` would wait."""
+        return self._slots.locked()
 
     async def submit(
         self,

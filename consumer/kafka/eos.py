@@ -206,8 +206,9 @@ class TransactionalSink:
         for tp in tps:
             part = self._parts.pop(tp, None)
             if part is not None:
-                with contextlib.suppress(Exception):
-                    await part.producer.stop()
+                async with part.lock:  # a transaction in progress ends first
+                    with contextlib.suppress(Exception):
+                        await part.producer.stop()
 
     async def close(self) -> None:
         """Stop every producer."""

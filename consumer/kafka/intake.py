@@ -11,7 +11,8 @@ Each pass decides with pure functions (:func:`~consumer.core.flow.desired_pauses
 * each record's writer schema is resolved (``Codec.resolve``) before decoding; a retriable
   failure (registry unreachable) rewinds the partition to that record and holds it for a
   backoff — nothing is dead-lettered, nothing is committed past it. Undecodable records go
-  to the DLQ through a bounded number of sends;
+  to the DLQ through a bounded number of sends (with all of them busy, the partition is
+  held the same way: the loop itself never blocks, so polling never stops);
 * after a pass, idle partitions take the consumer's position (which skips transaction
   markers) as their commit position — only here, never while records are half taken.
 """
@@ -101,7 +102,7 @@ class Intake:
             full_tiers=[i for i in range(len(self._tiers)) if self._scheduler.is_full(i)],
             breaker_open=self._breaker_open(now),
             hold=self._book.held(now),
-            uncommitted={tp: self._tracker.uncommitted_done(tp) for tp in tier_of},
+            uncommitted={tp: self._tracker.uncommitted(tp) for tp in tier_of},
             max_uncommitted=self._max_uncommitted,
         )
 
@@ -120,8 +121,14 @@ class Intake:
                 consumer.resume(*(have - want))
             self.paused = want
             tier_of = self._book.tiers()
-            free = [self._scheduler.free(i) for i in range(len(self._tiers))]
-            budget = fetch_budget(free, {tier_of[tp] for tp in assigned - want if tp in tier_of})
+            fetchable = [tp for tp in assigned - want if tp in tier_of]
+            budget = fetch_budget(
+                [self._scheduler.free(i) for i in range(len(self._tiers))],
+                {tier_of[tp] for tp in fetchable},
+                partition_rooms=[
+                    self._max_uncommitted - self._tracker.uncommitted(tp) for tp in fetchable
+                ],
+            )
             try:
                 batch = await consumer.getmany(timeout_ms=100, max_records=max(1, budget))
             except KafkaError as exc:
@@ -148,11 +155,15 @@ class Intake:
                 if self._book.state(tp) is not PartitionState.READY:
                     break  # revoked or lost while we awaited a resolve or a DLQ slot
                 try:
-                    await self._codec.resolve(record.value)
+                    if record.value is not None:  # a tombstone fails in decode: DLQ
+                        await self._codec.resolve(record.value)
                     request = self._codec.decode_request(record.value)
                 except DecodeError as exc:
                     if exc.retriable:
-                        self._hold(tp, record.offset, exc)
+                        self._hold(tp, record.offset, f"cannot be decoded yet ({exc})")
+                        break
+                    if self._dlq.full():
+                        self._hold(tp, record.offset, "waits for a free DLQ send slot")
                         break
                     self._tracker.started(tp, record.offset)
                     await self._dlq.submit(tp, record, exc, stage="decode")
@@ -171,18 +182,13 @@ class Intake:
                 self._scheduler.push(work, tier_index, now, source=tp)
         self._wake.set()
 
-    def _hold(self, tp: TopicPartition, offset: int, exc: DecodeError) -> None:
+    def _hold(self, tp: TopicPartition, offset: int, why: str) -> None:
+        """Rewind ``tp`` to ``offset`` and keep it paused for a backoff."""
         retries, delay = self._book.wait(tp, time.monotonic(), decode_backoff_s)
         if tp in self.consumer.assignment():
             self.consumer.seek(tp, offset)
         log.warning(
-            "%s:%d@%d cannot be decoded yet (%s); retry %d in %.1fs",
-            tp.topic,
-            tp.partition,
-            offset,
-            exc,
-            retries,
-            delay,
+            "%s:%d@%d %s; retry %d in %.1fs", tp.topic, tp.partition, offset, why, retries, delay
         )
 
     async def _sync_positions(self) -> None:

@@ -46,6 +46,7 @@ __all__ = ["RequestRunner"]
 log = logging.getLogger("explainstream.runner")
 
 _UNKNOWN_MODEL = ModelInfo("unknown", "unknown", 0, 0, "")
+_NO_PROBE_WAIT_S = 0.05
 
 
 def deadline_monotonic(deadline: datetime | None) -> float | None:
@@ -103,11 +104,17 @@ class RequestRunner:
             raise
         except Exception as exc:  # a bug must still end in an answer
             log.exception("request %s: unexpected failure", work.request.request_id)
-            result, backoff = self._result(work, ResultStatus.FAILED, None, repr(exc), started), 0.0
+            result, backoff = (
+                self._result(work, ResultStatus.FAILED, None, repr(exc), started),
+                None,
+            )
         finally:
             release_slot()
         if result is None:
-            self._on_retry(work)
+            if backoff is None:
+                backoff = _NO_PROBE_WAIT_S  # not an attempt: the breaker had no probe left
+            else:
+                self._on_retry(work)
             await asyncio.sleep(backoff)
             if self._owns(work.tp) and not self._stopping():
                 self.scheduler.push_front(entry)
@@ -117,7 +124,9 @@ class RequestRunner:
 
     async def _attempt(
         self, work: Work, priority: int, started: float
-    ) -> tuple[ExplanationResult | None, float]:
+    ) -> tuple[ExplanationResult | None, float | None]:
+        """(result, None) to publish, or (None, backoff) to requeue; (None, None) when the
+        breaker had no probe left (requeued without counting an attempt)."""
         req = work.request
         deadline = deadline_monotonic(req.deadline)
         context = req.context.model_dump()
@@ -130,11 +139,11 @@ class RequestRunner:
             limits=self.limits,
         )
         if verdict.verdict is Verdict.EXPIRE:
-            return self._result(work, ResultStatus.EXPIRED, None, verdict.reason, started), 0.0
+            return self._result(work, ResultStatus.EXPIRED, None, verdict.reason, started), None
         if verdict.verdict is Verdict.REJECT:
-            return self._result(work, ResultStatus.REJECTED, None, verdict.reason, started), 0.0
+            return self._result(work, ResultStatus.REJECTED, None, verdict.reason, started), None
         if not self.breaker.allow(time.monotonic()):
-            return None, 0.05  # no probe left: back to the buffer, attempt not counted
+            return None, None  # no probe left: back to the buffer, attempt not counted
         work.attempts += 1
         gen = GenerationRequest(
             request_id=req.request_id,
@@ -168,7 +177,7 @@ class RequestRunner:
         if outcome.status is None:
             return None, outcome.backoff_s
         status = ResultStatus(outcome.status)
-        return self._result(work, status, generated, outcome.error, started), 0.0
+        return self._result(work, status, generated, outcome.error, started), None
 
     async def _generate(
         self, gen: GenerationRequest, deadline: float | None, started: float

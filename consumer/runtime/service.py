@@ -30,12 +30,13 @@ from consumer.engines import create_engine
 from consumer.engines.base import Engine
 from consumer.engines.prompts import list_profiles
 from consumer.kafka.deadletters import DeadLetters
-from consumer.kafka.group import Listener, make_consumer, seek_to_committed, start_consumer
+from consumer.kafka.group import Listener, make_consumer, start_consumer
 from consumer.kafka.intake import Intake, Work
 from consumer.kafka.sinks import AtLeastOnceSink, ResultSink
 from consumer.kafka.topics import settings_connection
 from consumer.runtime import status as status_view
 from consumer.runtime.dispatch import Dispatcher
+from consumer.runtime.rebalance import RebalanceMixin
 from consumer.runtime.runner import RequestRunner
 from consumer.runtime.supervisor import Supervisor, finish_within
 from schemas.codec import Codec
@@ -49,7 +50,7 @@ __all__ = ["ConsumerService", "Work", "register"]
 log = logging.getLogger("explainstream.consumer")
 
 
-class ConsumerService(status_view.ControlMixin):
+class ConsumerService(status_view.ControlMixin, RebalanceMixin):
     """The consumer service; ``async with ConsumerService(settings):`` runs it.
 
     Implements the HTTP layer's ServiceControl protocol (see :mod:`consumer.runtime.status`).
@@ -339,60 +340,6 @@ class ConsumerService(status_view.ControlMixin):
     def _commit_observed(self, seconds: float) -> None:
         if self.metrics is not None:
             self.metrics.observe_commit_latency(seconds)
-
-    # ------------------------------------------------------------------ rebalance
-    async def _on_assigned(self, assigned: set[Any]) -> None:
-        """Prepare the sink (exactly-once: fence the previous owner), position, then fetch."""
-        now = time.monotonic()
-        tier_of = {tp: TIERS.index(self._tier_of_topic[tp.topic]) for tp in assigned}
-        self.book.assigning(assigned, tier_of, now)
-        assert self.sink is not None
-        ready = await self.sink.open(set(assigned))
-        if ready != assigned:
-            log.error("partitions %s could not be prepared; they stay paused", assigned - ready)
-        await seek_to_committed(self._consumer, ready)
-        self.tracker.forget(assigned)
-        self.book.ready(ready, time.monotonic())
-        if self.book.in_state(PartitionState.READY):
-            self._has_partitions.set()
-        if self.metrics is not None:
-            self.metrics.rebalance("assigned")
-        log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
-        self._wake.set()
-
-    async def _on_revoked(self, revoked: set[Any]) -> None:
-        """Stop admitting, finish (or cancel within a bound) in-flight work, commit, release."""
-        if not revoked:
-            return
-        self.book.revoking(revoked, time.monotonic())
-        dropped = self.scheduler.drop_sources(revoked)
-        await finish_within(self.supervisor.tasks_of(revoked), self.settings.drain_timeout_s)
-        assert self.sink is not None
-        try:
-            await self.sink.commit(self.tracker, revoked & self.book.committable())
-        except Exception as exc:
-            log.warning("commit on revoke failed (the next owner redoes the work): %r", exc)
-        await self.sink.release(revoked)
-        self.tracker.forget(revoked)
-        self.book.remove(revoked)
-        if not self.book.in_state(PartitionState.READY):
-            self._has_partitions.clear()
-        if self.metrics is not None:
-            self.metrics.rebalance("revoked")
-            for tp in revoked:
-                self.metrics.drop_lag(tp.topic, tp.partition)
-        log.info(
-            "revoked %d partitions (%d buffered requests left for the next owner)",
-            len(revoked),
-            len(dropped),
-        )
-
-    def _on_lost(self, tp: Any) -> None:
-        """Exactly-once: ``tp``'s producer was fenced; drop its work, wait for the group."""
-        self.book.lost(tp, time.monotonic())
-        dropped = self.scheduler.drop_sources({tp})
-        self.tracker.forget([tp])
-        log.error("partition %s lost to another member; %d buffered dropped", tp, len(dropped))
 
     # ------------------------------------------------------------------ observation
     async def _observe_loop(self) -> None:

@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaConsumer
 from consumer.config import Settings
 from consumer.engines.base import GenerationRequest, GenerationResult
 from consumer.engines.fake import FakeEngine
-from consumer.runtime.service import ConsumerService
 from consumer.kafka.topics import ensure_service_topics, ensure_topics, settings_connection
+from consumer.runtime.service import ConsumerService
 from schemas.errors import EngineError
 from schemas.models import ResultStatus
 from tests.integration.helpers import (
@@ -259,7 +259,7 @@ async def test_open_breaker_pauses_intake_then_recovers(
         # back to the head of their tier, at most one per slot), nothing answered as FAILED.
         bound = svc.scheduler.capacity_per_tier + settings.max_concurrent_requests
         assert svc.scheduler.depth(2) <= bound
-        assert svc.status()["results"]["FAILED"] == 0
+        assert svc._counts["FAILED"] == 0
         engine.healthy = True
         results = await collect(boot, settings.results_topic, 40, timeout_s=60)
         assert svc.breaker.state(time.monotonic()).value == "closed"

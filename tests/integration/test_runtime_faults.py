@@ -248,7 +248,7 @@ async def test_engine_slower_than_max_poll_interval_with_every_tier_full_keeps_m
         )
     )
     boot = settings.kafka_bootstrap_servers
-    for tier, topic in settings.request_topics().items():
+    for topic in settings.request_topics().values():
         await produce_requests(boot, topic, [make_request(i) for i in range(3)])
     registry = CollectorRegistry()
     async with ConsumerService(settings, metrics=Metrics(registry)):
@@ -363,3 +363,47 @@ async def test_an_urgent_request_reaches_a_full_engine_without_waiting_for_a_slo
     assert first[0].request_id == urgent.request_id, "the urgent request waited for a slot"
     assert engine.priorities[urgent.request_id] == 0
     assert {engine.priorities[r.request_id] for r in low} == {3}
+
+
+class _StuckFirstEngine(FakeEngine):
+    """The first request (SYM0) runs until released; every other one is instant."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.release = asyncio.Event()
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        if request.context.get("symbol") == "SYM0":
+            await self.release.wait()
+        return await super().generate(request)
+
+
+async def test_uncommitted_records_behind_a_slow_one_are_capped(
+    make_settings: Callable[..., Settings],
+) -> None:
+    cap = 5
+    settings = await _topics(
+        make_settings(
+            max_uncommitted_per_partition=cap, max_concurrent_requests=4, max_queue_size=8
+        )
+    )
+    boot = settings.kafka_bootstrap_servers
+    requests = [make_request(i) for i in range(60)]
+    await produce_requests(boot, settings.request_topics()["normal"], requests)
+    engine = _StuckFirstEngine(settings)
+    async with ConsumerService(settings, engine=engine) as svc:
+        # Everything behind offset 0 may finish, but only until the cap pauses the partition.
+        intake, dispatcher = svc.intake, svc.dispatcher
+        assert intake is not None and dispatcher is not None
+        await svc.wait_assigned()
+        normal = {tp for tp in svc.assigned() if tp.topic == settings.request_topics()["normal"]}
+        await wait_until(lambda: normal <= intake.paused)
+        await wait_until(lambda: dispatcher.busy == 1 and len(svc.scheduler) == 0)
+        ahead = svc._counts["OK"]
+        assert normal <= intake.paused
+        engine.release.set()
+        results = await collect(boot, settings.results_topic, 60, timeout_s=60)
+        await _wait_committed(settings, "normal")
+    # Taken-but-uncommitted records (the stuck one included) never exceed the cap.
+    assert ahead <= cap - 1, f"{ahead} results held behind one slow request"
+    assert {r.request_id for r in results} == {r.request_id for r in requests}

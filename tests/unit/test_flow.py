@@ -33,6 +33,7 @@ def test_fetch_budget_is_the_least_room_among_fetchable_tiers() -> None:
     assert fetch_budget(free, {2}) == 50
     assert fetch_budget(free, {2}, cap=20) == 20
     assert fetch_budget(free, set()) == 0
+    assert fetch_budget(free, {2}, partition_rooms=[7, 4]) == 4
 
 
 def test_dispatch_fills_free_slots_only_while_admitting() -> None:

@@ -74,15 +74,20 @@ def test_committed_never_moves_back() -> None:
     assert t.to_commit() == {TP: 6}
 
 
-def test_uncommitted_done_counts_gaps_and_uncommitted_prefix() -> None:
+def test_uncommitted_counts_everything_taken_until_it_is_committed() -> None:
     t = OffsetTracker()
     for off in range(6):
         t.started(TP, off)
+    assert t.uncommitted(TP) == 6
     for off in (1, 2, 4):
         t.done(TP, off)  # held behind offset 0
-    assert t.uncommitted_done(TP) == 3
+    assert t.uncommitted(TP) == 6
     t.done(TP, 0)  # prefix 0..2 done, not yet committed
-    assert t.uncommitted_done(TP) == 4
+    assert t.uncommitted(TP) == 6
     t.committed({TP: 3})
-    assert t.uncommitted_done(TP) == 1  # offset 4, behind 3
-    assert t.uncommitted_done(("other", 0)) == 0
+    assert t.uncommitted(TP) == 3  # 3 and 5 running, 4 done behind 3
+    t.done(TP, 3)
+    t.done(TP, 5)
+    t.committed({TP: 6})
+    assert t.uncommitted(TP) == 0
+    assert t.uncommitted(("other", 0)) == 0
