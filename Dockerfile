@@ -20,6 +20,9 @@ ARG RUNTIME_IMAGE=python:3.11-slim
 FROM ${BUILDER_IMAGE} AS builder
 
 ARG DEBIAN_FRONTEND=noninteractive
+# DL3008 (pin apt versions): the same lines serve Debian (python:slim) and Ubuntu (CUDA)
+# bases, whose package versions differ; the base image tag is the pin.
+# hadolint ignore=DL3008
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends build-essential cmake ninja-build git; \
@@ -49,7 +52,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM ${RUNTIME_IMAGE} AS runtime
 
 ARG DEBIAN_FRONTEND=noninteractive
-# libgomp1: llama.cpp's CPU backend uses OpenMP.
+# libgomp1: llama.cpp's CPU backend uses OpenMP. DL3008: as in the builder stage.
+# hadolint ignore=DL3008
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends libgomp1 ca-certificates; \

@@ -1,19 +1,46 @@
-# explainstream developer and CI entry points. `make test` is the README's test command.
+# explainstream developer and CI entry points. The README's two commands are `make demo` and
+# `make test`; each does all of its own set-up (cached under ~/.cache/explainstream).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CACHE ?= $(HOME)/.cache/explainstream
+TOOLS := $(CACHE)/bin
 LLAMA_CPP_VERSION := 0.3.36
 # llama.cpp is built for the CPU it runs on, so the cached wheel is keyed by its flags.
 CPU_KEY := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
 WHEELS := $(CACHE)/wheels/$(CPU_KEY)
+# Deployment validators, built from their Go modules (see tests/deploy/validators.py).
+HELM_VERSION := v3.22.0
+KUBECONFORM_VERSION := v0.8.0
+GO_MODULES := github.com/kedacore/keda/v2@v2.21.0 \
+	github.com/prometheus-operator/prometheus-operator@v0.85.0 \
+	github.com/compose-spec/compose-go/v2@v2.16.2
 
-.PHONY: install llama-wheel prometheus kafka-jars lint test test-fast ci bench demo clean
+.PHONY: install llama-wheel prometheus kafka-jars registry-jars validators setup lint test \
+	test-fast ci bench demo validate chart-schema clean
+
+# -- the two commands ----------------------------------------------------------------------
+
+demo: $(VENV)/.installed kafka-jars
+	$(BIN)/explainstream demo
+
+# Every test runs: a skipped test fails the run (tests/deploy/noskip.py), so a missing
+# tool is a red line naming it, never a silent gap.
+test: setup
+	$(BIN)/python -m pytest -q -ra --durations=15 -p tests.deploy.noskip
+
+# -- set-up (each step is cached and skips itself when done) ---------------------------------
+
+setup: $(VENV)/.installed kafka-jars registry-jars validators prometheus
 
 install: llama-wheel
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --find-links $(WHEELS) -e ".[consumer,dev]"
+	@touch $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(MAKE) install
 
 llama-wheel:
 	@mkdir -p $(WHEELS)
@@ -24,30 +51,63 @@ llama-wheel:
 		$(PY) -m pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
 	fi
 
+# Debian's prometheus package (prometheus + promtool) for the real-Prometheus tests.
 prometheus:
-	@command -v promtool >/dev/null 2>&1 || { \
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then \
+		echo "prometheus: $$(command -v prometheus)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian's prometheus (prometheus + promtool) ..."; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; }
+		apt-get update -q >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; \
+	else \
+		echo "prometheus: CANNOT INSTALL here (needs root and apt-get): install the prometheus"; \
+		echo "  and promtool binaries yourself, or the tests marked 'prometheus' will fail."; \
+	fi
 
-kafka-jars:
+kafka-jars: $(VENV)/.installed
 	$(BIN)/python -c "from consumer.dev.devbroker import fetch_jars, find_java; find_java(); print(fetch_jars())"
 
-lint:
+# Apicurio Registry (the real schema registry of the tests), built once with Maven.
+registry-jars: $(VENV)/.installed
+	$(BIN)/python -m consumer.dev.registry
+
+validators:
+	@mkdir -p $(TOOLS)
+	@command -v go >/dev/null 2>&1 || { \
+		echo "validators: Go is required to build helm and kubeconform (https://go.dev/dl)"; exit 1; }
+	@test -x $(TOOLS)/helm || { \
+		echo "building helm $(HELM_VERSION) from its Go module (a few minutes, once) ..."; \
+		GOBIN=$(TOOLS) GOFLAGS=-buildvcs=false go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); }
+	@test -x $(TOOLS)/kubeconform || { \
+		echo "building kubeconform $(KUBECONFORM_VERSION) from its Go module ..."; \
+		GOBIN=$(TOOLS) GOFLAGS=-buildvcs=false \
+			go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION); }
+	@go mod download $(GO_MODULES)
+	@echo "validators: helm, kubeconform in $(TOOLS); KEDA, Prometheus Operator, Compose schemas"
+
+# -- the rest ------------------------------------------------------------------------------
+
+lint: $(VENV)/.installed
 	$(BIN)/ruff check consumer producer_sdk schemas tests
 	$(BIN)/ruff format --check consumer producer_sdk schemas tests
 	$(BIN)/mypy consumer producer_sdk schemas
 
-test:
-	$(BIN)/pytest -q -ra --durations=15
+# helm lint/template, kubeconform, hadolint and the Compose schema on the repository's files.
+validate: $(VENV)/.installed validators
+	$(BIN)/python -m tests.deploy.validators
 
-test-fast:
-	$(BIN)/pytest -q -m "not llama and not prometheus"
+# Regenerate the chart's values.schema.json from consumer/config.py's Settings.
+chart-schema: $(VENV)/.installed
+	$(BIN)/python -m tests.deploy.chart_schema
 
-ci: install prometheus kafka-jars lint test
+test-fast: $(VENV)/.installed kafka-jars
+	$(BIN)/pytest -q -m "not llama and not prometheus and not deploy and not registry"
+
+ci: lint test
 
 # The whole set (each <= 10 min on a 2-core machine); JSON, plots and REPORT.md land in
 # docs/benchmarks/. `bench peer` builds llama-server once (cached), so its first run is longer.
-bench:
+bench: $(VENV)/.installed
 	mkdir -p docs/benchmarks
 	$(BIN)/explainstream bench engine --engines llama,sequential --concurrency 1,2,4,8 \
 		--max-tokens 64 --requests 8 --json > docs/benchmarks/engine.json.tmp
@@ -60,9 +120,6 @@ bench:
 	$(BIN)/explainstream bench scale --out docs/benchmarks/scale.json
 	$(BIN)/explainstream bench e2e --out docs/benchmarks/e2e.json
 	$(BIN)/explainstream bench report --dir docs/benchmarks
-
-demo:
-	$(BIN)/explainstream demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -55,8 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def preload_llama() -> None:
+    """Load llama.cpp's shared libraries before anything imports numpy.
+
+    On an H200 host with llama.cpp built there for CUDA, loading a model segfaulted in
+    llama.cpp's tokenizer set-up whenever numpy had been imported before libllama was
+    loaded, and never when libllama came first (docs/benchmarks/gpu/README.md). Without
+    the consumer extra there is nothing to load.
+    """
+    try:
+        importlib.import_module("llama_cpp.llama_cpp")
+    except ImportError:
+        return
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
+    preload_llama()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

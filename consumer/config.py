@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from enum import StrEnum
 from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from producer_sdk.connection import KafkaConnection
 from schemas.errors import ConfigError
@@ -38,14 +45,31 @@ class EngineKind(StrEnum):
     FAKE = "fake"
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+#: The environment ``from_env`` reads; None: ``os.environ``.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("explainstream_environ", default=None)
 
 
-class Settings(BaseModel):
-    """Every knob of the consumer service. Field name = lower-case env variable."""
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' env source over the mapping given to ``from_env``.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Names are case-insensitive, values are stripped, and an empty value means unset (the
+    field's default), as ``VAR=`` does for the service's optional settings.
+    """
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _ENVIRON.get()
+        source = os.environ if env is None else env
+        return {key.lower(): value.strip() for key, value in source.items() if value.strip()}
+
+
+class Settings(BaseSettings):
+    """Every knob of the consumer service. Field name = lower-case env variable.
+
+    Read by pydantic-settings from the environment (or the mapping given to
+    :meth:`from_env`); explicit keyword arguments win over the environment.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", case_sensitive=False)
 
     # Kafka
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
@@ -134,34 +158,29 @@ class Settings(BaseModel):
 
         Raises ConfigError naming the first bad variable.
         """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, field in cls.model_fields.items():
-            key = name.upper()
-            if key not in env:
-                continue
-            raw = env[key].strip()
-            if field.annotation is bool or field.annotation == (bool | None):
-                low = raw.lower()
-                if low in _TRUE:
-                    values[name] = True
-                elif low in _FALSE:
-                    values[name] = False
-                else:
-                    raise ConfigError(key, f"expected true/false, got {raw!r}")
-            elif raw == "" and field.default is None:
-                values[name] = None
-            else:
-                values[name] = raw
-        values.update(overrides)
+        token = _ENVIRON.set(os.environ if environ is None else environ)
         try:
-            settings = cls(**values)
+            settings = cls(**overrides)
         except pydantic.ValidationError as exc:
             err = exc.errors()[0]
             key = str(err["loc"][0]).upper() if err["loc"] else "CONFIG"
             raise ConfigError(key, f"{err['msg']} (got {err.get('input')!r})") from exc
+        finally:
+            _ENVIRON.reset(token)
         settings._check()
         return settings
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Overrides first, then the environment; no dotenv or secret files."""
+        return init_settings, _EnvSource(settings_cls)
 
     def _check(self) -> None:
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
@@ -176,6 +195,16 @@ class Settings(BaseModel):
             raise ConfigError("MAX_QUEUE_SIZE", "must be at least MAX_CONCURRENT_REQUESTS")
         if self.model_path is not None and not os.path.isfile(self.model_path):
             raise ConfigError("MODEL_PATH", f"no such file {self.model_path!r}")
+        from schemas.registry import build_codec
+
+        # Builds nothing that connects: only checks URL, credentials and CA file.
+        build_codec(
+            self.schema_registry_url,
+            username=self.schema_registry_username,
+            password=self.schema_registry_password,
+            token=self.schema_registry_token,
+            cafile=self.schema_registry_cafile,
+        )
 
     def kafka_connection(self, client_id: str = "explainstream") -> KafkaConnection:
         """Connection settings (bootstrap, SASL/TLS) for any Kafka client of the service."""

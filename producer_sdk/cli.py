@@ -1,7 +1,8 @@
 """Client commands: ``produce``, ``explain`` and ``results`` (base install only).
 
 Connection from KAFKA_BOOTSTRAP_SERVERS / KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* /
-KAFKA_SSL_CAFILE, topics from KAFKA_TOPIC_PREFIX. Errors are raised as our own exceptions;
+KAFKA_SSL_CAFILE, topics from KAFKA_TOPIC_PREFIX, schema ids from SCHEMA_REGISTRY_* (unset:
+the embedded registry). Errors are raised as our own exceptions;
 ``consumer.cli.main`` prints them as one line and exits non-zero.
 """
 
@@ -20,8 +21,10 @@ from producer_sdk.client import ExplanationClient
 from producer_sdk.connection import KafkaConnection
 from producer_sdk.producer import ExplanationProducer
 from producer_sdk.results import ResultsReader
+from schemas.codec import Codec
 from schemas.errors import ValidationError
 from schemas.models import ExplanationResult, ResultStatus
+from schemas.registry import codec_from_env
 
 __all__ = ["iter_contexts", "register", "result_json"]
 
@@ -50,10 +53,10 @@ def iter_contexts(stream: TextIO, name: str) -> Iterator[dict[str, Any]]:
             yield _parse_context(line, f"{name}:{number}")
 
 
-def _connection() -> tuple[KafkaConnection, str]:
+def _connection() -> tuple[KafkaConnection, str, Codec]:
     # aiokafka logs each failed connection attempt; the CLI reports failure once.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    return KafkaConnection.from_env(), topic_prefix_from_env()
+    return KafkaConnection.from_env(), topic_prefix_from_env(), codec_from_env()
 
 
 def _read_contexts(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -70,7 +73,7 @@ def _read_contexts(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _produce(args: argparse.Namespace) -> int:
     contexts = _read_contexts(args)
-    conn, prefix = _connection()
+    conn, prefix, codec = _connection()
     options: dict[str, Any] = {
         "priority": args.priority,
         "max_tokens": args.max_tokens,
@@ -81,7 +84,7 @@ def _produce(args: argparse.Namespace) -> int:
     }
 
     async def run() -> None:
-        producer = ExplanationProducer(conn, topic_prefix=prefix, source=args.source)
+        producer = ExplanationProducer(conn, topic_prefix=prefix, source=args.source, codec=codec)
         # Validate every context before connecting, so a bad line sends nothing.
         for index, context in enumerate(contexts):
             try:
@@ -112,10 +115,11 @@ def _produce(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     context = _parse_context(args.context, "--context")
-    conn, prefix = _connection()
+    conn, prefix, codec = _connection()
 
     async def run() -> ExplanationResult:
-        async with ExplanationClient(conn, topic_prefix=prefix, source=args.source) as client:
+        client = ExplanationClient(conn, topic_prefix=prefix, source=args.source, codec=codec)
+        async with client:
             return await client.explain(
                 context,
                 priority=args.priority,
@@ -131,7 +135,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    conn, prefix = _connection()
+    conn, prefix, codec = _connection()
 
     async def run() -> None:
         reader = ResultsReader(
@@ -142,6 +146,7 @@ def _results(args: argparse.Namespace) -> int:
             follow=args.follow,
             group_id=args.group,
             max_results=args.max,
+            codec=codec,
         )
         async with reader:
             async for result in reader:

@@ -26,6 +26,7 @@ from producer_sdk.results import ResultsReader
 from schemas.codec import Codec
 from schemas.errors import DecodeError, ExplainstreamError, ExplainTimeout, KafkaUnavailable
 from schemas.models import ExplanationResult
+from schemas.registry import codec_from_env, resolve_waiting
 
 __all__ = ["ExplanationClient"]
 
@@ -72,8 +73,10 @@ class ExplanationClient:
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> ExplanationClient:
-        """Connection from KAFKA_* variables and the prefix from KAFKA_TOPIC_PREFIX."""
+        """Connection from KAFKA_* variables, the prefix from KAFKA_TOPIC_PREFIX and the
+        schema registry from SCHEMA_REGISTRY_* (unset: the embedded ids)."""
         kwargs.setdefault("topic_prefix", topic_prefix_from_env())
+        kwargs.setdefault("codec", codec_from_env())
         return cls(KafkaConnection.from_env(), **kwargs)
 
     async def start(self) -> None:
@@ -189,9 +192,9 @@ class ExplanationClient:
                 continue
             for records in batches.values():
                 for record in records:
-                    self._deliver(record.key, record.value)
+                    await self._deliver(record.key, record.value)
 
-    def _deliver(self, key: bytes | None, value: bytes | None) -> None:
+    async def _deliver(self, key: bytes | None, value: bytes | None) -> None:
         if not self._pending:
             return
         request_id = key.decode("utf-8", "replace") if key else None
@@ -199,6 +202,8 @@ class ExplanationClient:
         if future is None or future.done():
             return
         try:
+            # A registry outage holds the record (bounded); the caller's timeout still runs.
+            await resolve_waiting(self.codec, value, give_up_s=self.default_timeout_s)
             result = self.codec.decode_result(value)
         except DecodeError as exc:
             log.warning("undecodable result for %s: %s", request_id, exc)

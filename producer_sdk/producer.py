@@ -22,6 +22,7 @@ from producer_sdk.connection import KafkaConnection
 from schemas.codec import Codec
 from schemas.errors import EncodeError, ExplainstreamError, ValidationError
 from schemas.models import AnalysisContext, ExplanationRequest
+from schemas.registry import codec_from_env
 
 __all__ = ["ExplanationProducer"]
 
@@ -57,8 +58,10 @@ class ExplanationProducer:
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> ExplanationProducer:
-        """Connection from KAFKA_* variables and the prefix from KAFKA_TOPIC_PREFIX."""
+        """Connection from KAFKA_* variables, the prefix from KAFKA_TOPIC_PREFIX and the
+        schema registry from SCHEMA_REGISTRY_* (unset: the embedded ids)."""
         kwargs.setdefault("topic_prefix", topic_prefix_from_env())
+        kwargs.setdefault("codec", codec_from_env())
         return cls(KafkaConnection.from_env(), **kwargs)
 
     async def start(self) -> None:
@@ -194,6 +197,8 @@ class ExplanationProducer:
         topic = request_topic(self.topic_prefix, priority)
         if traceparent is not None:
             validate_traceparent(traceparent)
+        # With a registry server: our schema's id, registered once, off the event loop.
+        await self.codec.prepare()
         try:
             encoded = [self.codec.encode_request(r) for r in requests]
         except EncodeError as exc:

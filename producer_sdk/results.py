@@ -21,6 +21,7 @@ from producer_sdk.connection import KafkaConnection
 from schemas.codec import Codec
 from schemas.errors import DecodeError
 from schemas.models import ExplanationResult
+from schemas.registry import codec_from_env, resolve_waiting
 
 __all__ = ["ResultsReader", "results"]
 
@@ -71,8 +72,10 @@ class ResultsReader:
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> ResultsReader:
-        """Connection from KAFKA_* variables and the prefix from KAFKA_TOPIC_PREFIX."""
+        """Connection from KAFKA_* variables, the prefix from KAFKA_TOPIC_PREFIX and the
+        schema registry from SCHEMA_REGISTRY_* (unset: the embedded ids)."""
         kwargs.setdefault("topic_prefix", topic_prefix_from_env())
+        kwargs.setdefault("codec", codec_from_env())
         return cls(KafkaConnection.from_env(), **kwargs)
 
     async def start(self) -> None:
@@ -158,8 +161,13 @@ class ResultsReader:
         for records in batches.values():
             for record in records:
                 try:
+                    # While the registry is unreachable the reader waits (then raises the
+                    # retriable error); only records that can never decode are skipped.
+                    await resolve_waiting(self.codec, record.value)
                     self._buffer.append(self.codec.decode_result(record.value))
                 except DecodeError as exc:
+                    if exc.retriable:
+                        raise
                     self.skipped += 1
                     log.warning(
                         "skipping undecodable result %s[%d]@%d: %s",
@@ -184,8 +192,9 @@ class ResultsReader:
 def results(connection: KafkaConnection | None = None, **options: Any) -> ResultsReader:
     """A :class:`ResultsReader` (see its options); iterate it with ``async for``.
 
-    Without ``connection`` the KAFKA_* environment is used, and without ``topic_prefix``
-    KAFKA_TOPIC_PREFIX.
+    Without ``connection`` the KAFKA_* environment is used, without ``topic_prefix``
+    KAFKA_TOPIC_PREFIX, and without ``codec`` SCHEMA_REGISTRY_*.
     """
     options.setdefault("topic_prefix", topic_prefix_from_env())
+    options.setdefault("codec", codec_from_env())
     return ResultsReader(connection or KafkaConnection.from_env(), **options)

@@ -2,7 +2,13 @@
 
 from schemas.codec import Codec, EmbeddedRegistry, Limits, SchemaRegistry, load_schema
 from schemas.compat import check_full_compatibility
-from schemas.errors import DecodeError, EncodeError, ExplainstreamError, RegistryError
+from schemas.errors import (
+    DecodeError,
+    EncodeError,
+    ExplainstreamError,
+    RegistryError,
+    SchemaRegistryUnavailable,
+)
 from schemas.models import (
     AnalysisContext,
     ExplanationRequest,
@@ -11,7 +17,7 @@ from schemas.models import (
     ResultStatus,
     SourceOffset,
 )
-from schemas.registry import ConfluentSchemaRegistry
+from schemas.registry import ConfluentSchemaRegistry, build_codec, codec_from_env
 
 __all__ = [
     "AnalysisContext",
@@ -28,7 +34,10 @@ __all__ = [
     "RegistryError",
     "ResultStatus",
     "SchemaRegistry",
+    "SchemaRegistryUnavailable",
     "SourceOffset",
+    "build_codec",
     "check_full_compatibility",
+    "codec_from_env",
     "load_schema",
 ]

@@ -14,18 +14,24 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import fastavro
 import fastavro.validation
 
 from schemas._guard import AvroGuard, Limits
-from schemas.errors import DecodeError, EncodeError, RegistryError
+from schemas.errors import (
+    DecodeError,
+    EncodeError,
+    RegistryError,
+    SchemaRegistryUnavailable,
+)
 from schemas.models import ExplanationRequest, ExplanationResult
 
 __all__ = [
     "MAGIC_BYTE",
     "MAX_RECORD_BYTES",
+    "AsyncSchemaRegistry",
     "Codec",
     "EmbeddedRegistry",
     "Limits",
@@ -64,6 +70,23 @@ class SchemaRegistry(Protocol):
 
     def schema_for(self, schema_id: int) -> Mapping[str, Any]:
         """Writer schema for ``schema_id``; RegistryError when unknown."""
+        ...
+
+
+@runtime_checkable
+class AsyncSchemaRegistry(SchemaRegistry, Protocol):
+    """A registry behind a network call: the codec awaits it before the synchronous paths."""
+
+    def cached_schema(self, schema_id: int) -> Mapping[str, Any] | None:
+        """The schema of ``schema_id`` when already fetched; no call."""
+        ...
+
+    async def fetch_schema(self, schema_id: int) -> Mapping[str, Any]:
+        """Writer schema for ``schema_id``, fetched once; RegistryError when it cannot."""
+        ...
+
+    async def register(self, subject: str, schema: Mapping[str, Any]) -> int:
+        """Id of ``schema`` under ``subject``, registering it; RegistryError when it cannot."""
         ...
 
 
@@ -147,6 +170,55 @@ class Codec:
             rec.writer_id = self.registry.id_for(subject, rec.raw)
         return rec.writer_id
 
+    async def prepare(self) -> None:
+        """Look up (register) the writer ids of our own schemas without blocking the loop.
+
+        A no-op with the embedded registry. Raises RegistryError (``retriable`` when the
+        registry is unreachable). Encoding after this never calls the registry.
+        """
+        if not isinstance(self.registry, AsyncSchemaRegistry):
+            return
+        for subject, rec in self._records.items():
+            if rec.writer_id is None:
+                rec.writer_id = await self.registry.register(subject, rec.raw)
+
+    async def resolve(self, payload: bytes) -> None:
+        """Make sure the writer schema of a Confluent-framed ``payload`` is known.
+
+        With a registry server: fetch the schema by the payload's id (once; cached) and
+        register our own writer schemas (once), so that the synchronous decode and the
+        result encode that follow never wait on the network. Raises
+        :class:`~schemas.errors.SchemaRegistryUnavailable` (``retriable``: the record must
+        wait) when the registry cannot be reached, and a non-retriable DecodeError for bad
+        framing or an id the registry does not know. A no-op with the embedded registry.
+        """
+        registry = self.registry
+        if not isinstance(registry, AsyncSchemaRegistry):
+            return
+        schema_id = self._schema_id(payload)
+        try:
+            if registry.cached_schema(schema_id) is None:
+                await registry.fetch_schema(schema_id)
+            await self.prepare()
+        except RegistryError as exc:
+            if exc.retriable:
+                raise SchemaRegistryUnavailable(str(exc)) from exc
+            raise DecodeError(str(exc)) from exc
+
+    def _schema_id(self, data: bytes | None) -> int:
+        if data is None:
+            raise DecodeError("record has no value (tombstone)")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(f"expected bytes, got {type(data).__name__}")
+        if len(data) < _HEADER.size + 1:
+            raise DecodeError(f"record of {len(data)} bytes is too short for Confluent framing")
+        if len(data) > self.max_record_bytes:
+            raise DecodeError(f"record of {len(data)} bytes exceeds {self.max_record_bytes}")
+        magic, schema_id = _HEADER.unpack_from(bytes(data[: _HEADER.size]))
+        if magic != MAGIC_BYTE:
+            raise DecodeError(f"unknown magic byte {magic}")
+        return int(schema_id)
+
     def _writer(self, subject: str, schema_id: int) -> _Writer:
         key = (subject, schema_id)
         writer = self._writers.get(key)
@@ -154,7 +226,9 @@ class Codec:
             try:
                 raw = self.registry.schema_for(schema_id)
             except RegistryError as exc:
-                raise DecodeError(str(exc), retriable=exc.retriable) from exc
+                if exc.retriable:
+                    raise SchemaRegistryUnavailable(str(exc)) from exc
+                raise DecodeError(str(exc)) from exc
             name = str(raw.get("name", ""))
             full = name if "." in name else f"{raw.get('namespace', '')}.{name}"
             if name != subject and full != f"io.explainstream.{subject}":
@@ -186,18 +260,8 @@ class Codec:
         return data
 
     def _decode(self, subject: str, data: bytes | None) -> dict[str, Any]:
-        if data is None:
-            raise DecodeError("record has no value (tombstone)")
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise DecodeError(f"expected bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if len(data) < _HEADER.size + 1:
-            raise DecodeError(f"record of {len(data)} bytes is too short for Confluent framing")
-        if len(data) > self.max_record_bytes:
-            raise DecodeError(f"record of {len(data)} bytes exceeds {self.max_record_bytes}")
-        magic, schema_id = _HEADER.unpack_from(data)
-        if magic != MAGIC_BYTE:
-            raise DecodeError(f"unknown magic byte {magic}")
+        schema_id = self._schema_id(data)
+        data = bytes(data or b"")
         writer = self._writer(subject, schema_id)
         writer.guard.check(data, _HEADER.size)
         body = io.BytesIO(data)
@@ -211,13 +275,6 @@ class Codec:
         if not isinstance(record, dict):
             raise DecodeError(f"{subject} body is not a record")
         return record
-
-    async def resolve(self, payload: bytes) -> None:
-        """Make sure the writer schema of a framed ``payload`` is known before decoding.
-
-        A no-op for the embedded registry. Raises DecodeError; ``retriable=True`` means the
-        registry could not be asked (try again later), not that the payload is bad.
-        """
 
     def encode_request(self, request: ExplanationRequest) -> bytes:
         """Frame and encode a request."""

@@ -20,6 +20,7 @@ __all__ = [
     "ModelLoadError",
     "RegistryError",
     "RequestRejected",
+    "SchemaRegistryUnavailable",
     "ValidationError",
 ]
 
@@ -53,6 +54,12 @@ class EncodeError(ExplainstreamError):
 
 class DecodeError(ExplainstreamError):
     """Bytes could not be decoded into a record (bad framing, unknown schema, hostile data)."""
+
+
+class SchemaRegistryUnavailable(DecodeError):
+    """The schema registry could not be reached: the record is fine and must wait, not DLQ."""
+
+    retriable = True
 
 
 class RegistryError(ExplainstreamError):

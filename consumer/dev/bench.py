@@ -107,7 +107,7 @@ class EngineRun:
     explanations_per_min: float
     p50_latency_s: float
     p95_latency_s: float
-    #: Engine time per decode step outside ``llama_decode`` (Python, C sampling,
+    #: Engine-thread CPU µs per decode step outside ``llama_decode`` (Python, C sampling,
     #: log-probabilities), and sequences per step; None for engines without steps.
     step_overhead_us: float | None = None
     seqs_per_step: float | None = None
@@ -189,7 +189,7 @@ def format_table(runs: Sequence[EngineRun], ratio: dict[int, float]) -> str:
         lines.extend(f"  concurrency {c:>3}: {v:.2f}x" for c, v in ratio.items())
     if any(r.step_overhead_us is not None for r in runs):
         lines.append("")
-        lines.append("ovh us/step: engine time per decode step outside llama_decode")
+        lines.append("ovh us/step: engine-thread CPU per decode step outside llama_decode")
     return "\n".join(lines)
 
 
@@ -246,9 +246,9 @@ class _Sample:
 
     def add_steps(self, before: dict[str, Any], after: dict[str, Any]) -> None:
         """Add the engine's step counters between two ``stats()`` snapshots."""
-        if "python_s" in after:
+        if "python_cpu_s" in after:
             self.steps += after["steps"] - before["steps"]
-            self.overhead_s += after["python_s"] - before["python_s"]
+            self.overhead_s += after["python_cpu_s"] - before["python_cpu_s"]
             self.seqs += after["seqs_in_steps"] - before["seqs_in_steps"]
 
 

@@ -11,7 +11,8 @@
 # points llama-cpp-python's bindings at those libraries, writes a synthetic 7B-shaped Q4_K_M
 # GGUF (`bench make-model`), then runs `bench peer` (our engine vs llama-server) and
 # `bench engine` (llama vs sequential) with every layer on the GPU. Each step's seconds are
-# logged; each JSON report lands in RESULTS as soon as it exists.
+# logged; each JSON report lands in RESULTS as soon as it exists. Figures of a run on an H200:
+# docs/benchmarks/gpu/.
 set -euo pipefail
 ASSETS=$(realpath "${1:?assets folder}")
 RESULTS=$(realpath -m "${2:?results folder}")

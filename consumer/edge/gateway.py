@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from producer_sdk._requests import TIERS, topic_prefix_from_env
 from producer_sdk.client import ExplanationClient
 from producer_sdk.connection import KafkaConnection
+from schemas.codec import Codec
 from schemas.errors import (
     ConfigError,
     ExplainstreamError,
@@ -39,6 +40,7 @@ from schemas.errors import (
     ValidationError,
 )
 from schemas.models import AnalysisContext, ExplanationResult, ResultStatus
+from schemas.registry import codec_from_env
 
 __all__ = ["GatewayRequest", "create_app", "old_context", "old_response", "register", "serve"]
 
@@ -331,10 +333,16 @@ async def serve(
     port: int = 8000,
     timeout_s: float = 30.0,
     stop: asyncio.Event | None = None,
+    codec: Codec | None = None,
 ) -> None:
-    """Serve until ``stop`` is set (or SIGINT/SIGTERM when not given)."""
+    """Serve until ``stop`` is set (or SIGINT/SIGTERM when not given).
+
+    ``codec`` (default: the embedded registry) is shared by every client the gateway starts.
+    """
+    shared = codec or Codec()
     app = create_app(
-        lambda: ExplanationClient(connection, topic_prefix=topic_prefix), timeout_s=timeout_s
+        lambda: ExplanationClient(connection, topic_prefix=topic_prefix, codec=shared),
+        timeout_s=timeout_s,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -362,6 +370,7 @@ def _cmd(args: argparse.Namespace) -> int:
             host=args.host,
             port=_port(args.port),
             timeout_s=args.timeout,
+            codec=codec_from_env(),
         )
     )
     return 0

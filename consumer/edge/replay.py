@@ -30,6 +30,7 @@ from producer_sdk.producer import ExplanationProducer
 from schemas.codec import Codec
 from schemas.errors import DecodeError, KafkaUnavailable, ValidationError
 from schemas.models import ExplanationRequest, utcnow
+from schemas.registry import codec_from_env, resolve_waiting
 
 __all__ = ["ReplayReport", "plan_window", "register", "replay", "replayed_request"]
 
@@ -156,8 +157,12 @@ async def replay(
                         continue
                     report.scanned += 1
                     try:
+                        # Waits out a registry outage rather than miscounting as undecodable.
+                        await resolve_waiting(codec, record.value, give_up_s=idle_timeout_s)
                         original = codec.decode_request(record.value)
                     except DecodeError as exc:
+                        if exc.retriable:
+                            raise
                         report.undecodable += 1
                         log.warning(
                             "skipping %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, exc
@@ -255,6 +260,7 @@ def _cmd(args: argparse.Namespace) -> int:
             into=args.into,
             results_topic=args.results_topic,
             dry_run=args.dry_run,
+            codec=codec_from_env(),
             progress=show,
         )
     )

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUNDLED_MODEL_PACKAGE",
     "available_memory_bytes",
+    "cgroup_cpu_limit",
     "context_size",
     "default_model_path",
     "file_sha256",
@@ -36,6 +37,7 @@ __all__ = [
     "quantization_name",
     "resolve_model_path",
     "seq_budget",
+    "usable_cpus",
     "validate_model_file",
 ]
 
@@ -210,6 +212,16 @@ def init_llama_backend() -> None:
             _backend_ready = True
 
 
+#: What N_GPU_LAYERS=-1 ("every layer") becomes. llama-cpp-python's own 0x7FFFFFFF crashes
+#: the vendored llama.cpp's CUDA loader (seen on an H200), so "all" is a large plain count.
+ALL_GPU_LAYERS = 999
+
+
+def gpu_layers_param(n_gpu_layers: int) -> int:
+    """llama.cpp's n_gpu_layers for our setting (-1: every layer)."""
+    return ALL_GPU_LAYERS if n_gpu_layers < 0 else n_gpu_layers
+
+
 def load_model(path: str, n_gpu_layers: int) -> Any:
     """Validate and load a GGUF with llama.cpp; returns the ``llama_model_p`` handle."""
     validate_model_file(path)
@@ -217,7 +229,7 @@ def load_model(path: str, n_gpu_layers: int) -> Any:
     import llama_cpp
 
     params = llama_cpp.llama_model_default_params()
-    params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
+    params.n_gpu_layers = gpu_layers_param(n_gpu_layers)
     try:
         model = llama_cpp.llama_model_load_from_file(path.encode(), params)
     except Exception as exc:  # ctypes/OS errors while loading
@@ -294,3 +306,51 @@ def available_memory_bytes(on_gpu: bool) -> int | None:
     except OSError:
         return None
     return None
+
+
+def cgroup_cpu_limit(
+    cpu_max: str | None, quota_us: str | None, period_us: str | None
+) -> float | None:
+    """CPUs a cgroup allows: from v2 ``cpu.max`` ("200000 100000") or v1 quota/period.
+
+    None when unlimited or unknown.
+    """
+    try:
+        if cpu_max is not None:
+            quota, _, period = cpu_max.strip().partition(" ")
+            if quota != "max" and period:
+                return int(quota) / int(period)
+            return None
+        if quota_us is not None and period_us is not None:
+            q = int(quota_us)
+            return q / int(period_us) if q > 0 else None
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota.
+
+    ``os.cpu_count()`` reports the host's cores even inside a container limited to two.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(
+        _read("/sys/fs/cgroup/cpu.max"),
+        _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+        _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+    )
+    if limit is not None:
+        cpus = min(cpus, max(1, int(limit)))
+    return max(1, cpus)

@@ -92,7 +92,7 @@ class SequentialEngine:
                 n_ubatch=s.n_batch,
                 n_threads=threads,
                 n_threads_batch=threads,
-                n_gpu_layers=s.n_gpu_layers,
+                n_gpu_layers=model_files.gpu_layers_param(s.n_gpu_layers),
                 type_k=kv,
                 type_v=kv,
                 verbose=s.debug,

@@ -40,6 +40,7 @@ from consumer.runtime.rebalance import RebalanceMixin
 from consumer.runtime.runner import RequestRunner
 from consumer.runtime.supervisor import Supervisor, finish_within
 from schemas.codec import Codec
+from schemas.registry import codec_from_settings
 from schemas.models import ExplanationResult, ResultStatus
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
                 from consumer.ops.metrics import Metrics
 
                 self.metrics = Metrics()
-        self.codec = codec or Codec()
+        self.codec = codec or codec_from_settings(s)
         self.consumer_id = s.consumer_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = s.request_topics()
         self._tier_of_topic = {topic: tier for tier, topic in self.topics.items()}

@@ -63,7 +63,7 @@ async def test_alive_is_false_once_the_loop_thread_died(start_engine) -> None:
     assert engine.alive()
 
     # A bug in the loop must not strand callers: break the loop's step and watch it die.
-    def boom(_t0: float) -> None:
+    def boom(_t0: float, _c0: float) -> None:
         raise RuntimeError("injected loop bug")
 
     engine._loop._step = boom

@@ -8,6 +8,7 @@ from consumer.engines.llama.plan import (
     Running,
     choose_admissions,
     choose_preemption,
+    default_threads,
     free_old_first,
     on_kv_full,
     plan_chunks,
@@ -82,3 +83,18 @@ def test_reload_frees_the_old_model_first_only_when_both_would_not_fit() -> None
     assert not free_old_first(4 * gib, gib, 16 * gib)
     assert free_old_first(4 * gib, gib, 5 * gib)
     assert not free_old_first(4 * gib, gib, None)  # unknown: keep the safe order
+
+
+def test_default_threads_leave_one_core_to_the_python_threads() -> None:
+    assert [default_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+
+
+def test_a_cgroup_cpu_quota_caps_the_usable_cpus() -> None:
+    from consumer.engines.model import cgroup_cpu_limit
+
+    assert cgroup_cpu_limit("200000 100000\n", None, None) == 2.0
+    assert cgroup_cpu_limit("max 100000\n", None, None) is None
+    assert cgroup_cpu_limit(None, "150000\n", "100000\n") == 1.5
+    assert cgroup_cpu_limit(None, "-1\n", "100000\n") is None
+    assert cgroup_cpu_limit(None, None, None) is None
+    assert cgroup_cpu_limit("garbage", None, None) is None

@@ -19,14 +19,15 @@ from schemas.models import ExplanationResult
 def test_step_time_outside_decode_is_split_by_batch_size() -> None:
     c = Counters()
     common = {"n_tokens": 1, "produced": 1, "sample_s": 0.0, "logprob_s": 0.0}
-    c.add_step(n_gen=1, n_seqs=1, step_s=0.010, decode_s=0.009, **common)
-    c.add_step(n_gen=1, n_seqs=1, step_s=0.012, decode_s=0.009, **common)
-    c.add_step(n_gen=8, n_seqs=8, step_s=0.030, decode_s=0.026, **common)
+    c.add_step(n_gen=1, n_seqs=1, step_s=0.010, decode_s=0.009, overhead_cpu_s=0.001, **common)
+    c.add_step(n_gen=1, n_seqs=1, step_s=0.012, decode_s=0.009, overhead_cpu_s=0.003, **common)
+    c.add_step(n_gen=8, n_seqs=8, step_s=0.030, decode_s=0.026, overhead_cpu_s=0.004, **common)
     o = c.overhead_us()
     assert o["step_overhead_us_1seq"] == pytest.approx(2000.0)
     assert o["step_overhead_us_multi"] == pytest.approx(4000.0)
     assert o["step_overhead_multi_mean_seqs"] == 8
     assert c.busy_s == pytest.approx(0.052)
+    assert c.python_s == pytest.approx(0.008)  # wall time outside decode
     assert c.as_dict()["steps"] == 3
 
 

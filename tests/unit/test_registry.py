@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -10,9 +11,15 @@ from typing import Any
 
 import pytest
 
-from schemas.codec import Codec
-from schemas.errors import DecodeError, RegistryError
-from schemas.registry import ConfluentSchemaRegistry
+from consumer.config import Settings
+from schemas.codec import Codec, EmbeddedRegistry
+from schemas.errors import ConfigError, DecodeError, RegistryError, SchemaRegistryUnavailable
+from schemas.registry import (
+    ConfluentSchemaRegistry,
+    codec_from_env,
+    codec_from_settings,
+    resolve_waiting,
+)
 from tests.unit.test_codec import make_request, make_result
 
 
@@ -25,6 +32,7 @@ class FakeRegistry:
         self.calls: list[tuple[str, str]] = []
         self.auth: list[str | None] = []
         self.fail_with: int | None = None
+        self.refused = threading.Event()  # set when a request was answered with fail_with
 
 
 def _handler(state: FakeRegistry) -> type[BaseHTTPRequestHandler]:
@@ -44,6 +52,7 @@ def _handler(state: FakeRegistry) -> type[BaseHTTPRequestHandler]:
             state.calls.append(("POST", self.path))
             state.auth.append(self.headers.get("Authorization"))
             if state.fail_with:
+                state.refused.set()
                 return self._answer(state.fail_with, {"error_code": 50001, "message": "boom"})
             parts = self.path.strip("/").split("/")
             if len(parts) != 3 or parts[0] != "subjects" or parts[2] != "versions":
@@ -152,3 +161,132 @@ def test_basic_auth_is_sent(fake_registry: tuple[str, FakeRegistry]) -> None:
 def test_bad_url_is_refused() -> None:
     with pytest.raises(RegistryError, match="not an http"):
         ConfluentSchemaRegistry("localhost:8081")
+
+
+def test_bearer_token_is_sent(fake_registry: tuple[str, FakeRegistry]) -> None:
+    url, state = fake_registry
+    ConfluentSchemaRegistry(url, token="t0k").id_for("R", {"type": "string"})
+    assert state.auth == ["Bearer t0k"]
+
+
+async def test_resolve_fetches_the_writer_schema_once_then_decodes_offline(
+    fake_registry: tuple[str, FakeRegistry],
+) -> None:
+    url, state = fake_registry
+    data = Codec(ConfluentSchemaRegistry(url)).encode_request(make_request())
+    reader = Codec(ConfluentSchemaRegistry(url))
+    schema_id = int.from_bytes(data[1:5], "big")
+    await asyncio.gather(*(reader.resolve(data) for _ in range(5)))
+    assert state.calls.count(("GET", f"/schemas/ids/{schema_id}")) == 1, "one call per id"
+    before = len(state.calls)
+    reader.decode_request(data)
+    await reader.resolve(data)
+    assert len(state.calls) == before, "decode and a second resolve use the cache"
+    # resolve also registered our result schema, so answering never waits on the registry.
+    assert reader.writer_id("ExplanationResult") >= 100
+    assert len(state.calls) == before
+
+
+async def test_resolve_while_the_registry_is_unreachable_is_retriable() -> None:
+    codec = Codec(ConfluentSchemaRegistry("http://127.0.0.1:9", timeout_s=1))
+    with pytest.raises(SchemaRegistryUnavailable, match="unreachable") as info:
+        await codec.resolve(b"\x00\x00\x00\x00\x07\x02")
+    assert info.value.retriable
+    assert isinstance(info.value, DecodeError), "intake handles it as a DecodeError that waits"
+
+
+async def test_resolve_on_a_registry_answering_5xx_is_retriable(
+    fake_registry: tuple[str, FakeRegistry],
+) -> None:
+    url, state = fake_registry
+    data = Codec(ConfluentSchemaRegistry(url)).encode_request(make_request())
+    state.fail_with = 503  # the id is known, but registering our own schemas answers 503
+    with pytest.raises(SchemaRegistryUnavailable, match="HTTP 503") as info:
+        await Codec(ConfluentSchemaRegistry(url)).resolve(data)
+    assert info.value.retriable
+
+
+async def test_resolve_of_an_unknown_id_or_bad_framing_is_not_retriable(
+    fake_registry: tuple[str, FakeRegistry],
+) -> None:
+    url, _ = fake_registry
+    codec = Codec(ConfluentSchemaRegistry(url))
+    with pytest.raises(DecodeError, match="4242") as info:
+        await codec.resolve(b"\x00\x00\x00\x10\x92\x02")
+    assert not info.value.retriable
+    with pytest.raises(DecodeError, match="magic byte") as bad:
+        await codec.resolve(b"\x07\x00\x00\x00\x01\x02")
+    assert not bad.value.retriable
+
+
+async def test_resolve_is_a_no_op_with_the_embedded_registry() -> None:
+    codec = Codec()
+    await codec.resolve(b"\x07 not even framed")  # decode reports it; resolve has nothing to do
+    await codec.prepare()
+    assert codec.writer_id("ExplanationRequest") == 1
+
+
+async def test_resolve_waiting_holds_a_record_until_the_registry_answers(
+    fake_registry: tuple[str, FakeRegistry],
+) -> None:
+    url, state = fake_registry
+    request = make_request()
+    data = Codec(ConfluentSchemaRegistry(url)).encode_request(request)
+    state.fail_with = 503  # POSTs fail: the reader cannot register its result schema yet
+    codec = Codec(ConfluentSchemaRegistry(url))
+    waiting = asyncio.create_task(resolve_waiting(codec, data, give_up_s=30, first_backoff_s=0.05))
+    assert await asyncio.to_thread(state.refused.wait, 30)
+    assert not waiting.done(), "the record waits while the registry cannot answer"
+    state.fail_with = None
+    await asyncio.wait_for(waiting, 30)
+    assert codec.decode_request(data) == request
+
+
+async def test_resolve_waiting_gives_up_with_the_retriable_error() -> None:
+    codec = Codec(ConfluentSchemaRegistry("http://127.0.0.1:9", timeout_s=0.5))
+    with pytest.raises(SchemaRegistryUnavailable):
+        await resolve_waiting(codec, b"\x00\x00\x00\x00\x07\x02", give_up_s=0.3)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SCHEMA_REGISTRY_URL": "localhost:8081"}, "SCHEMA_REGISTRY_URL"),
+        ({"SCHEMA_REGISTRY_USERNAME": "u"}, "SCHEMA_REGISTRY_USERNAME"),
+        (
+            {"SCHEMA_REGISTRY_URL": "http://r:8081", "SCHEMA_REGISTRY_PASSWORD": "p"},
+            "SCHEMA_REGISTRY_USERNAME",
+        ),
+        (
+            {
+                "SCHEMA_REGISTRY_URL": "http://r:8081",
+                "SCHEMA_REGISTRY_USERNAME": "u",
+                "SCHEMA_REGISTRY_TOKEN": "t",
+            },
+            "SCHEMA_REGISTRY_TOKEN",
+        ),
+        (
+            {"SCHEMA_REGISTRY_URL": "https://r", "SCHEMA_REGISTRY_CAFILE": "/no/ca.pem"},
+            "SCHEMA_REGISTRY_CAFILE",
+        ),
+    ],
+)
+def test_bad_registry_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        codec_from_env(env)
+    assert info.value.variable == variable
+    with pytest.raises(ConfigError) as settings_info:
+        Settings.from_env(env)
+    assert settings_info.value.variable == variable
+
+
+def test_codec_from_env_uses_the_registry_only_when_a_url_is_set(
+    fake_registry: tuple[str, FakeRegistry],
+) -> None:
+    url, _ = fake_registry
+    assert isinstance(codec_from_env({}).registry, EmbeddedRegistry)
+    codec = codec_from_env({"SCHEMA_REGISTRY_URL": url, "SCHEMA_REGISTRY_TOKEN": "t"})
+    assert isinstance(codec.registry, ConfluentSchemaRegistry)
+    settings = Settings.from_env({"SCHEMA_REGISTRY_URL": url})
+    assert isinstance(codec_from_settings(settings).registry, ConfluentSchemaRegistry)
+    assert isinstance(codec_from_settings(Settings.from_env({})).registry, EmbeddedRegistry)

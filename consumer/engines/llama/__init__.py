@@ -13,7 +13,7 @@ each new sequence instead of re-evaluating it.
 
 from __future__ import annotations
 
-from consumer.engines.llama.engine import LlamaEngine, default_threads
-from consumer.engines.llama.plan import choose_admissions, choose_preemption
+from consumer.engines.llama.engine import LlamaEngine
+from consumer.engines.llama.plan import choose_admissions, choose_preemption, default_threads
 
 __all__ = ["LlamaEngine", "choose_admissions", "choose_preemption", "default_threads"]

@@ -31,10 +31,11 @@ class Counters:
     decode_s: float = 0.0
     sample_s: float = 0.0
     logprob_s: float = 0.0
-    python_s: float = 0.0  # loop time outside llama_decode, sampling and logprobs
+    python_s: float = 0.0  # pass wall time outside llama_decode (Python, sampling, logprobs)
+    python_cpu_s: float = 0.0  # the same as CPU time of the loop thread (ignores preemption)
     compute_s: float = 0.0  # step time attributed to the requests that completed
     tps_ema: float = 0.0
-    # Per-step Python overhead split by batch size (1 sequence vs several).
+    # Per-step CPU overhead split by batch size (1 sequence vs several).
     py_single_s: float = 0.0
     py_single_n: int = 0
     py_multi_s: float = 0.0
@@ -52,6 +53,7 @@ class Counters:
         decode_s: float,
         sample_s: float,
         logprob_s: float,
+        overhead_cpu_s: float,
     ) -> None:
         """Account one decode step."""
         self.steps += 1
@@ -63,8 +65,9 @@ class Counters:
         self.decode_s += decode_s
         self.sample_s += sample_s
         self.logprob_s += logprob_s
-        py = max(0.0, step_s - decode_s)
-        self.python_s += py
+        self.python_s += max(0.0, step_s - decode_s)
+        self.python_cpu_s += overhead_cpu_s
+        py = overhead_cpu_s
         if n_seqs == 1:
             self.py_single_s += py
             self.py_single_n += 1
@@ -76,7 +79,11 @@ class Counters:
             self.tps_ema = 0.9 * self.tps_ema + 0.1 * (produced / step_s)
 
     def overhead_us(self) -> dict[str, float]:
-        """Mean µs per step spent outside ``llama_decode`` (sampling, logprobs, Python)."""
+        """Mean CPU µs per step the loop thread spends outside ``llama_decode``.
+
+        Python, C-side sampling and log-probabilities; thread CPU time, so a neighbour that
+        takes the core away does not inflate it.
+        """
         single = 1e6 * self.py_single_s / self.py_single_n if self.py_single_n else 0.0
         multi = 1e6 * self.py_multi_s / self.py_multi_n if self.py_multi_n else 0.0
         seqs = self.py_multi_seqs / self.py_multi_n if self.py_multi_n else 0.0
@@ -102,6 +109,7 @@ class Counters:
             "sample_s": round(self.sample_s, 3),
             "logprob_s": round(self.logprob_s, 3),
             "python_s": round(self.python_s, 6),
+            "python_cpu_s": round(self.python_cpu_s, 6),
             "seqs_in_steps": self.seqs_in_steps,
             "busy_s": round(self.busy_s, 3),
             "compute_s": round(self.compute_s, 3),

@@ -28,14 +28,9 @@ from consumer.engines.llama.slots import check_budget
 from consumer.engines.prompts import EncodedPrompt
 from schemas.errors import EngineError, ExplainstreamError, ModelLoadError, RequestRejected
 
-__all__ = ["LlamaEngine", "default_threads"]
+__all__ = ["LlamaEngine"]
 
 log = logging.getLogger(__name__)
-
-
-def default_threads(n_cpus: int) -> int:
-    """ggml threads when N_THREADS is 0: every core (measured best; see the README)."""
-    return max(1, n_cpus)
 
 
 class LlamaEngine:
@@ -47,7 +42,7 @@ class LlamaEngine:
         self._settings = settings
         self._n_slots = settings.max_concurrent_requests
         self._n_batch = max(settings.n_batch, self._n_slots)
-        self._n_threads = settings.n_threads or default_threads(os.cpu_count() or 1)
+        self._n_threads = settings.n_threads or plan.default_threads(model_files.usable_cpus())
         self._seq_budget = model_files.seq_budget(settings)
         self._model_path = model_files.resolve_model_path(settings.model_path)
         self._profiles = prompts.load_profiles(settings.prompt_profiles_path)
@@ -142,7 +137,12 @@ class LlamaEngine:
             raise RequestRejected("max_tokens must be at least 1")
         loop = asyncio.get_running_loop()
         job = Job(request, loop.create_future(), loop, next(self._order))
-        enc = await loop.run_in_executor(self._prep, _prepare, m, request)
+        try:
+            enc = await loop.run_in_executor(self._prep, _prepare, m, request)
+        except ExplainstreamError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"prompt preparation failed: {exc}") from exc
         if enc is not None:
             check_budget(len(enc.tokens), request.max_tokens, self._seq_budget)
             job.prompt, job.prefix_len, job.generation = enc.tokens, enc.prefix_len, m.generation

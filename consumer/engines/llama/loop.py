@@ -90,11 +90,11 @@ class BatchLoop:
             if self._draining and self._c.busy_slots == 0:
                 self._swap()
                 continue
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             self.t.expire(time.monotonic())
             self.t.admit(bool(self._draining))
             if self._c.busy_slots:
-                self._step(t0)
+                self._step(t0, c0)
 
     def _pump(self, block: bool) -> bool:
         first = True
@@ -150,20 +150,21 @@ class BatchLoop:
             in_batch.append(slot)
         return n, in_batch, fed
 
-    def _decode(self) -> tuple[int, list[Slot], list[tuple[Slot, int]], float] | None:
+    def _decode(self) -> tuple[int, list[Slot], list[tuple[Slot, int]], float, float] | None:
         """Fill and decode, recovering from a full KV cache; None when nothing ran."""
         m = self.m
         assert m is not None
-        decode_s = 0.0
+        decode_s = decode_cpu = 0.0
         while True:
             n, in_batch, fed = self._fill()
             if n == 0:
                 return None
-            t1 = time.perf_counter()
+            t1, k1 = time.perf_counter(), time.thread_time()
             rc = self._b.decode(m.ctx, n)
             decode_s += time.perf_counter() - t1
+            decode_cpu += time.thread_time() - k1
             if rc == 0:
-                return n, in_batch, fed, decode_s
+                return n, in_batch, fed, decode_s, decode_cpu
             if rc != 1:
                 err = EngineError(f"llama_decode failed ({rc}) with {n} tokens")
                 for slot in list(in_batch):
@@ -172,10 +173,10 @@ class BatchLoop:
                 return None
             self._c.kv_full += 1
             action, idx = plan.on_kv_full([s.job.order for s in in_batch if s.job])
-            self.t.kv_hold = True
             if action is plan.KvFullAction.REQUEUE_NEWEST and idx is not None:
                 self._c.kv_requeued += 1
                 self.t.requeue(in_batch[idx])
+                self.t.kv_hold = True  # after requeue: releasing a slot clears the hold
                 log.warning("KV cache full: requeued the newest sequence and retried")
             else:
                 slot = in_batch[0]
@@ -183,7 +184,8 @@ class BatchLoop:
                     slot, EngineError(f"one sequence does not fit the KV cache ({n} tokens)")
                 )
 
-    def _step(self, t0: float) -> None:
+    def _step(self, t0: float, c0: float) -> None:
+        """One pass's batch: decode, sample, finish; ``t0``/``c0`` wall/CPU at pass start."""
         import llama_cpp
 
         m, b = self.m, self._b
@@ -197,7 +199,7 @@ class BatchLoop:
         ran = self._decode()
         if ran is None:
             return
-        n, in_batch, fed, decode_s = ran
+        n, in_batch, fed, decode_s, decode_cpu = ran
         for slot, take in fed:
             slot.fed += take
             slot.n_past += take
@@ -266,6 +268,7 @@ class BatchLoop:
             produced=produced,
             step_s=dt,
             decode_s=decode_s,
+            overhead_cpu_s=max(0.0, time.thread_time() - c0 - decode_cpu),
             sample_s=t3 - t2,
             logprob_s=t4 - t3,
         )

@@ -23,6 +23,7 @@ __all__ = [
     "Running",
     "choose_admissions",
     "choose_preemption",
+    "default_threads",
     "on_kv_full",
     "plan_chunks",
 ]
@@ -139,3 +140,16 @@ def free_old_first(new_model_bytes: int, context_bytes: int, available_bytes: in
         return False
     need = int(new_model_bytes * (1 + LOAD_OVERHEAD)) + context_bytes
     return need > available_bytes
+
+
+def default_threads(usable_cpus: int) -> int:
+    """ggml threads when N_THREADS is 0: every usable core but one, and at least one.
+
+    ggml's workers (OpenMP in this build) spin-wait at every barrier of a decode, so a
+    worker that loses its core to another runnable thread (the event loop, the Kafka
+    client, prompt preparation, a neighbour) stalls the whole step. Leaving one core to the
+    process's Python threads measured faster on the 2-core development machine (see the
+    README's engine benchmark), and it keeps a container's CPU quota from being
+    oversubscribed.
+    """
+    return max(1, usable_cpus - 1)
