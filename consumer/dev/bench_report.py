@@ -267,7 +267,12 @@ def build_report(directory: Path) -> Path:
         x = machines.get(name, {})
         when = x.get("date") or report.get("date") or "no date recorded"
         load_1m = x.get("loadavg_1m_at_start")
-        runs.append(f"{name} {when}" + ("" if load_1m is None else f" (load {load_1m})"))
+        rev = x.get("revision")
+        runs.append(
+            f"{name} {when}"
+            + ("" if load_1m is None else f" (load {load_1m})")
+            + ("" if not rev else f" at `{rev}`")
+        )
     lines = [
         "# explainstream benchmarks",
         "",

@@ -59,7 +59,7 @@ class NullProgress:
 
 
 def machine_info() -> dict[str, Any]:
-    """Cores, CPU model, platform, date and load at the start of a run."""
+    """Cores, CPU model, platform, date, load at the start and the git revision of a run."""
     model = platform.processor() or ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -67,7 +67,19 @@ def machine_info() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    revision = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        revision = out.stdout.strip() or None
     return {
+        "revision": revision,
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "platform": platform.platform(),
