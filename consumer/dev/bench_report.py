@@ -68,7 +68,7 @@ def headline(data: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]
                     f"urgent p95 loaded <= 2x idle ({engine})",
                     f"{x:.2f}x ({_num(s['idle']['p95_ms']):.0f} -> "
                     f"{_num(s['loaded']['p95_ms']):.0f} ms)",
-                    verdict(x <= 2, f"{x / 2:.1f}x over"),
+                    verdict(x <= 2, f"{x / 2:.1f}x the goal"),
                 )
             )
     if "memory" in data:
