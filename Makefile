@@ -105,8 +105,21 @@ test-fast: $(VENV)/.installed kafka-jars
 
 ci: lint test
 
+# The whole set (each <= 10 min on a 2-core machine); JSON, plots and REPORT.md land in
+# docs/benchmarks/. `bench peer` builds llama-server once (cached), so its first run is longer.
 bench: $(VENV)/.installed
-	$(BIN)/explainstream bench engine --engines llama,sequential --concurrency 1,8 --max-tokens 120
+	mkdir -p docs/benchmarks
+	$(BIN)/explainstream bench engine --engines llama,sequential --concurrency 1,2,4,8 \
+		--max-tokens 64 --requests 8 --json > docs/benchmarks/engine.json.tmp
+	mv docs/benchmarks/engine.json.tmp docs/benchmarks/engine.json
+	$(BIN)/explainstream bench peer --concurrency 1,8 --max-tokens 32 --rounds 1 --requests 8 \
+		--out docs/benchmarks/peer.json
+	$(BIN)/explainstream bench pipeline --out docs/benchmarks/pipeline.json
+	$(BIN)/explainstream bench priority --out docs/benchmarks/priority.json
+	$(BIN)/explainstream bench memory --out docs/benchmarks/memory.json
+	$(BIN)/explainstream bench scale --out docs/benchmarks/scale.json
+	$(BIN)/explainstream bench e2e --out docs/benchmarks/e2e.json
+	$(BIN)/explainstream bench report --dir docs/benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,204 +1,438 @@
-"""``explainstream bench pipeline``: what Kafka, Avro and the service loop add to the engine.
+"""``explainstream bench pipeline``: the service against a raw aiokafka loop, side by side.
 
-A backlog of ``--requests`` requests (greedy, the bench contexts over both profiles) is
-published to the normal tier; a consumer is started and the clock runs from the moment it is
-ready (model loaded and warm, partitions assigned) until the last result is read back from
-the results topic.
-With the llama engine the same requests first run straight through a second engine instance
-(``--concurrency`` = MAX_CONCURRENT_REQUESTS in flight, no Kafka), so the report has the
-pipeline's tokens/s as a fraction of the bare engine's, measured side by side. With the fake
-engine at zero latency the figure is the service's own ceiling in results/s per consumer.
+Both sides read the same Avro requests from the normal tier and write one record per request
+to their own output topic with the same producer and fetch settings (acks=all, idempotent,
+linger 2 ms, fetch wait 100 ms, commit after the writes are acknowledged). The raw loop does
+nothing else: it forwards a pre-encoded result of the service's size. The service runs in
+this process on the zero-latency fake engine, so every millisecond it adds over the raw loop
+is Kafka intake, Avro, scheduling, result building, publishing and committing.
+
+Phases, alternating which side goes first each round:
+  * saturation: a backlog of ``--requests`` is drained; results/s from partition assignment
+    to the last result read back;
+  * paced: ``--rate-fraction`` of the service's saturation rate for ``--paced-s`` seconds;
+    latency = result record CreateTime - request record CreateTime (1 ms resolution).
+Then one more service drain runs under cProfile (not timed) to show where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
+import cProfile
+import threading
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from consumer.dev.bench import BENCH_CONTEXTS, bench_one, percentile
+from consumer.dev import benchkit as kit
+from consumer.dev.benchprof import summarize
 
-__all__ = ["register", "run_pipeline_bench"]
-
-
-async def _engine_only(settings: Any, n: int, max_tokens: int) -> dict[str, float]:
-    from consumer.engines import create_engine
-
-    engine = create_engine(settings)
-    await engine.start()
-    try:
-        await engine.warmup()
-        # The same greedy requests the pipeline gets: end-of-generation is honoured there.
-        run = await bench_one(
-            engine, settings.max_concurrent_requests, n, max_tokens, 0.0, ignore_eos=False
-        )
-    finally:
-        await engine.stop()
-    return {
-        "wall_s": run.wall_s,
-        "tokens_per_s": run.tokens_per_s,
-        "results_per_s": run.explanations_per_min / 60.0,
-    }
+__all__ = ["raw_loop", "register", "run_pipeline_bench"]
 
 
-async def _through_kafka(settings: Any, n: int, max_tokens: int) -> dict[str, Any]:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+def _result_bytes(tier: str = "normal") -> bytes:
+    """An encoded OK result of the size the fake engine's results have."""
+    from schemas.models import (
+        ExplanationResult,
+        ModelInfoRecord,
+        ResultStatus,
+        SourceOffset,
+    )
 
-    from consumer.runtime.service import ConsumerService
-    from consumer.kafka.topics import ensure_service_topics, settings_connection
-    from schemas.codec import Codec
-    from schemas.models import AnalysisContext, ExplanationRequest
+    result = ExplanationResult(
+        request_id="00000000-0000-4000-8000-000000000000",
+        status=ResultStatus.OK,
+        explanation="sentiment for AAPL: current_price=189.5, iv_rank=41, sentiment_score=0.72.",
+        tier=tier,
+        prompt_tokens=60,
+        completion_tokens=8,
+        processing_time_ms=0.01,
+        confidence_score=0.9,
+        model_info=ModelInfoRecord(
+            model_name="fake", quantization="none", gpu_layers=0, context_size=0, model_sha256="0"
+        ),
+        consumer_id="bench-raw-loop",
+        request_offset=SourceOffset(topic=f"x.requests.{tier}", partition=0, offset=0),
+    )
+    return bytes(kit._codec().encode_result(result))
 
-    await ensure_service_topics(settings)
-    codec = Codec()
-    conn = settings_connection(settings).aiokafka_kwargs()
-    producer = AIOKafkaProducer(**conn, acks="all", enable_idempotence=True, linger_ms=5)
+
+async def raw_loop(
+    bootstrap: str,
+    in_topics: list[str],
+    out_topic: str,
+    group: str,
+    value: bytes,
+    ready: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
+    """Consume -> produce -> commit, nothing else; the peer the service is measured against."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        *in_topics,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=256 * 1024,
+    )
+    producer = kit.make_producer(bootstrap, linger_ms=2)
+    await consumer.start()
     await producer.start()
     try:
-        topic = settings.request_topics()["normal"]
-        sends = []
-        for i in range(n):
-            profile, context = BENCH_CONTEXTS[i % len(BENCH_CONTEXTS)]
-            request = ExplanationRequest(
-                context=AnalysisContext(**context),
-                max_tokens=max_tokens,
-                temperature=0.0,
-                prompt_profile=profile,
-                source="bench",
-            )
-            sends.append(
-                await producer.send(
-                    topic, codec.encode_request(request), key=request.request_id.encode()
-                )
-            )
-        await asyncio.gather(*sends)
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=100)
+            if consumer.assignment():
+                ready.set()
+            futures = [
+                await producer.send(out_topic, value, key=r.key)
+                for records in batch.values()
+                for r in records
+            ]
+            if futures:
+                await asyncio.gather(*futures)
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+_WARMUP = 20  # requests through each side before a paced phase is timed
+
+Side = Callable[[str, str, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+def _sides(
+    bootstrap: str, concurrency: int, queue: int, overrides: dict[str, Any]
+) -> dict[str, Side]:
+    value = _result_bytes()
+
+    async def raw(prefix: str, group: str, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        tiers = [f"{prefix}.requests.{t}" for t in ("urgent", "high", "normal", "low")]
+        await raw_loop(bootstrap, tiers, f"{prefix}.results", group, value, ready, stop)
+
+    async def service(prefix: str, group: str, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        from consumer.config import Settings
+        from consumer.runtime.service import ConsumerService
+
+        settings = Settings.from_env(
+            kafka_bootstrap_servers=bootstrap,
+            kafka_topic_prefix=prefix,
+            kafka_group_id=group,
+            kafka_partitions=1,
+            engine="fake",
+            fake_latency_ms=0.0,
+            max_concurrent_requests=concurrency,
+            max_queue_size=queue,
+            prometheus_enabled=False,
+            http_host="127.0.0.1",
+            http_port=0,
+            metrics_port=0,
+            log_level="WARNING",
+            **overrides,
+        )
+        async with ConsumerService(settings) as svc:
+            await svc.wait_assigned()
+            ready.set()
+            await stop.wait()
+
+    return {"raw": raw, "service": service}
+
+
+async def _phase(
+    bootstrap: str,
+    name: str,
+    side: Side,
+    n: int,
+    rate: float | None,
+    bar: Any,
+) -> dict[str, Any]:
+    """One side on fresh topics: a backlog (``rate`` None) or a paced stream of ``n``."""
+    prefix = kit.prefix("pipe")
+    await kit.ensure(bootstrap, prefix, partitions=1)
+    items = [kit.request_bytes(i, tag=prefix) for i in range(n)]
+    sent: dict[bytes, int] = {}
+    producer = kit.make_producer(bootstrap, linger_ms=0 if rate else 5)
+    await producer.start()
+    collector = kit.ResultCollector(bootstrap, f"{prefix}.results", on_record=bar.advance)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    try:
+        if rate is None:
+            await kit.publish(producer, f"{prefix}.requests.normal", items, sent)
+        await collector.start()
+        task = asyncio.create_task(side(prefix, f"{prefix}-group", ready, stop))
+        try:
+            await asyncio.wait_for(_first(ready, task), 120)
+            skip = 0
+            if rate is not None:
+                # Warm-up: the first fetch after assignment (offset lookup) is not steady state.
+                warm = [kit.request_bytes(i, tag=prefix) for i in range(_WARMUP)]
+                await kit.publish(producer, f"{prefix}.requests.normal", warm)
+                await collector.wait_for(_WARMUP, timeout_s=120)
+                skip = _WARMUP
+            t0 = time.perf_counter()
+            if rate is not None:
+                await kit.publish_paced(producer, f"{prefix}.requests.normal", items, rate, sent)
+            await collector.wait_for(skip + n, timeout_s=600)
+            wall = collector.arrivals[skip + n - 1].read_at - t0
+        finally:
+            stop.set()
+            await task
     finally:
         await producer.stop()
-    reader = AIOKafkaConsumer(
-        settings.results_topic, **conn, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await reader.start()
-    processing: list[float] = []
-    tokens = 0
+        await collector.stop()
     statuses: dict[str, int] = {}
-    try:
-        async with ConsumerService(settings) as service:
-            # The clock starts once the group has assigned the partitions: joining is a
-            # one-off start-up cost (reported apart), not a per-request overhead.
-            up = time.perf_counter()
-            await service.wait_assigned()
-            t0 = time.perf_counter()
-            join_s = t0 - up
-            while len(processing) < n:
-                batch = await reader.getmany(timeout_ms=500)
-                for records in batch.values():
-                    for record in records:
-                        result = codec.decode_result(record.value)
-                        statuses[result.status.value] = statuses.get(result.status.value, 0) + 1
-                        processing.append(result.processing_time_ms / 1000.0)
-                        tokens += result.completion_tokens
-                if time.perf_counter() - t0 > 3600:
-                    raise TimeoutError(f"only {len(processing)}/{n} results within an hour")
-            wall = time.perf_counter() - t0
-    finally:
-        await reader.stop()
-    return {
-        "wall_s": wall,
-        "tokens_per_s": tokens / wall,
-        "results_per_s": n / wall,
-        "p50_processing_s": percentile(processing, 50),
-        "p95_processing_s": percentile(processing, 95),
-        "statuses": statuses,
-        "group_join_s": join_s,
-    }
+    if name == "service":
+        for result in collector.decoded():
+            statuses[result.status.value] = statuses.get(result.status.value, 0) + 1
+    out: dict[str, Any] = {"results": n, "wall_s": wall, "results_per_s": n / wall}
+    out["latency"] = kit.latency_summary(kit.latencies_ms(collector.arrivals, sent))
+    if statuses:
+        out["statuses"] = statuses
+    return out
 
 
-async def run_pipeline_bench(
-    settings: Any, *, requests: int, max_tokens: int, baseline: bool = True
+async def _first(ready: asyncio.Event, task: asyncio.Task[None]) -> None:
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        waiter.cancel()
+        task.result()
+        raise RuntimeError("side stopped before it was ready")
+
+
+def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    n = sum(r["results"] for r in runs)
+    wall = sum(r["wall_s"] for r in runs)
+    out: dict[str, Any] = {"rounds": len(runs), "results": n, "wall_s": wall}
+    out["results_per_s"] = n / wall if wall else float("nan")
+    out["results_per_s_each"] = [r["results_per_s"] for r in runs]
+    # Latency percentiles per round; the pooled figure is their median (rounds are equal).
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        vals = sorted(r["latency"][key] for r in runs)
+        out[key] = vals[len(vals) // 2]
+        out[f"{key}_each"] = [r["latency"][key] for r in runs]
+    statuses: dict[str, int] = {}
+    for r in runs:
+        for k, v in r.get("statuses", {}).items():
+            statuses[k] = statuses.get(k, 0) + v
+    if statuses:
+        out["statuses"] = statuses
+    return out
+
+
+def _profile(bootstrap: str, service: Side, n: int, top: int = 15) -> dict[str, Any]:
+    """Drain a backlog through the service under cProfile; collect results on another thread."""
+    prefix = kit.prefix("prof")
+    items = [kit.request_bytes(i, tag=prefix) for i in range(n)]
+
+    async def setup() -> None:
+        await kit.ensure(bootstrap, prefix, partitions=1)
+        producer = kit.make_producer(bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            await kit.publish(producer, f"{prefix}.requests.normal", items)
+        finally:
+            await producer.stop()
+
+    asyncio.run(setup())
+    loop_box: list[asyncio.AbstractEventLoop] = []
+    wall: list[float] = []
+    done = asyncio.Event()
+
+    def collect() -> None:
+        async def main() -> None:
+            collector = kit.ResultCollector(bootstrap, f"{prefix}.results")
+            await collector.start()
+            try:
+                await collector.wait_for(n, timeout_s=600)
+            finally:
+                await collector.stop()
+                loop_box[0].call_soon_threadsafe(done.set)
+
+        asyncio.run(main())
+
+    reader = threading.Thread(target=collect, name="profile-collector", daemon=True)
+    # Thread CPU time: waiting in epoll is not work, and the collector thread is not ours.
+    profiler = cProfile.Profile(time.thread_time)
+
+    async def run() -> None:
+        loop_box.append(asyncio.get_running_loop())
+        reader.start()
+        ready, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(service(prefix, f"{prefix}-group", ready, stop))
+        await _first(ready, task)
+        t0 = time.perf_counter()
+        profiler.enable()
+        await done.wait()
+        profiler.disable()
+        wall.append(time.perf_counter() - t0)
+        stop.set()
+        await task
+
+    asyncio.run(run())
+    reader.join(30)
+    return {"requests": n, **summarize(profiler, wall[0], top)}
+
+
+def run_pipeline_bench(
+    bootstrap: str,
+    *,
+    requests: int,
+    rounds: int = 2,
+    rate_fraction: float = 0.5,
+    paced_s: float = 10.0,
+    profile_requests: int | None = None,
+    concurrency: int = 8,
+    queue: int = 256,
+    overrides: dict[str, str] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Engine alone (unless fake or ``baseline`` is off), then the same work through Kafka."""
+    """Saturation and paced phases for both sides in alternating order, then the profile."""
+    sides = _sides(bootstrap, concurrency, queue, dict(overrides or {}))
+    rounds = max(1, rounds)
+    sat: dict[str, list[dict[str, Any]]] = {"raw": [], "service": []}
+    paced: dict[str, list[dict[str, Any]]] = {"raw": [], "service": []}
+    machine = kit.machine_info()
+
+    async def main() -> float:
+        rate = 0.0
+        paced_n = 0
+        for r in range(rounds):
+            order = ["raw", "service"] if r % 2 == 0 else ["service", "raw"]
+            for name in order:
+                bar.label = f"saturate {name} r{r + 1}"
+                sat[name].append(await _phase(bootstrap, name, sides[name], requests, None, bar))
+            if r == 0:
+                rate = max(1.0, rate_fraction * sat["service"][0]["results_per_s"])
+                paced_n = max(10, int(rate * paced_s))
+                bar.total += rounds * 2 * paced_n
+            for name in order:
+                bar.label = f"paced {name} r{r + 1}"
+                paced[name].append(await _phase(bootstrap, name, sides[name], paced_n, rate, bar))
+        return rate
+
+    bar = kit.Progress(rounds * 2 * requests) if progress else kit.NullProgress()
+    rate = asyncio.run(main())
     report: dict[str, Any] = {
         "benchmark": "pipeline",
-        "engine": settings.engine.value,
+        "engine": "fake",
+        "fake_latency_ms": 0.0,
         "requests": requests,
-        "max_tokens": max_tokens,
-        "concurrency": settings.max_concurrent_requests,
-        "delivery": settings.delivery.value,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "rounds": rounds,
+        "concurrency": concurrency,
+        "max_queue_size": queue,
+        "service_settings": dict(overrides or {}),
+        "machine": machine,
+        "saturation": {name: _pool(runs) for name, runs in sat.items()},
+        "paced": {name: _pool(runs) for name, runs in paced.items()},
+        "paced_rate_per_s": rate,
+        "rate_fraction": rate_fraction,
     }
-    if baseline and settings.engine.value != "fake":
-        report["engine_only"] = await _engine_only(settings, requests, max_tokens)
-    report["pipeline"] = await _through_kafka(settings, requests, max_tokens)
-    if "engine_only" in report:
-        report["pipeline_over_engine_tokens_per_s"] = (
-            report["pipeline"]["tokens_per_s"] / report["engine_only"]["tokens_per_s"]
-        )
+    s, raw = report["saturation"]["service"], report["saturation"]["raw"]
+    report["service_over_raw_results_per_s"] = kit.ratio(s["results_per_s"], raw["results_per_s"])
+    ps, pr = report["paced"]["service"], report["paced"]["raw"]
+    report["added_p50_ms"] = ps["p50_ms"] - pr["p50_ms"]
+    report["added_p99_ms"] = ps["p99_ms"] - pr["p99_ms"]
+    # Kept for older readers of this report: the service's own figures.
+    report["pipeline"] = {"results_per_s": s["results_per_s"], "statuses": s.get("statuses", {})}
+    if profile_requests != 0:
+        n = profile_requests or requests
+        report["profile"] = _profile(bootstrap, sides["service"], n)
     return report
 
 
-def _format(report: dict[str, Any]) -> str:
-    p = report["pipeline"]
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a markdown summary."""
+    s, r = report["saturation"]["service"], report["saturation"]["raw"]
+    ps, pr = report["paced"]["service"], report["paced"]["raw"]
     lines = [
-        f"engine={report['engine']} concurrency={report['concurrency']} "
-        f"requests={report['requests']} max_tokens={report['max_tokens']} "
-        f"delivery={report['delivery']}",
-        f"through Kafka: {p['results_per_s']:.1f} results/s, {p['tokens_per_s']:.1f} tokens/s, "
-        f"processing p50 {p['p50_processing_s'] * 1000:.1f} ms / "
-        f"p95 {p['p95_processing_s'] * 1000:.1f} ms, statuses {p['statuses']} "
-        f"(group join {p['group_join_s']:.2f} s, not counted)",
+        f"### bench pipeline ({report['machine']['date']}, {report['machine']['cpus']} CPUs)",
+        "",
+        f"fake engine at 0 ms, {report['requests']} requests per drain, "
+        f"{report['rounds']} rounds alternating order; paced at {report['paced_rate_per_s']:.0f}"
+        f" requests/s ({report['rate_fraction']:.0%} of the service's saturation)",
+        "",
+        "| side | results/s (saturated) | paced p50 ms | paced p95 ms | paced p99 ms |",
+        "|---|---:|---:|---:|---:|",
+        f"| raw aiokafka loop | {r['results_per_s']:.0f} | {pr['p50_ms']:.1f} | "
+        f"{pr['p95_ms']:.1f} | {pr['p99_ms']:.1f} |",
+        f"| service | {s['results_per_s']:.0f} | {ps['p50_ms']:.1f} | {ps['p95_ms']:.1f} | "
+        f"{ps['p99_ms']:.1f} |",
+        "",
+        f"service / raw results/s: **{report['service_over_raw_results_per_s']:.2f}x** "
+        f"(goal >= 0.5x); added latency at {report['rate_fraction']:.0%} load: "
+        f"p50 {report['added_p50_ms']:+.1f} ms, **p99 {report['added_p99_ms']:+.1f} ms** "
+        f"(goal <= 5 ms); statuses {s.get('statuses', {})}",
     ]
-    if "engine_only" in report:
-        e = report["engine_only"]
-        lines.append(
-            f"engine alone:  {e['results_per_s']:.1f} results/s, {e['tokens_per_s']:.1f} tokens/s"
-        )
-        lines.append(
-            f"pipeline / engine tokens/s: {report['pipeline_over_engine_tokens_per_s']:.3f}"
-        )
+    prof = report.get("profile")
+    if prof:
+        lines += [
+            "",
+            f"Profile of one service drain ({prof['requests']} requests, cProfile, thread CPU "
+            f"time): {prof['profiled_cpu_s']:.2f} s CPU in {prof['wall_s']:.2f} s wall "
+            f"({prof['cpu_over_wall']:.0%} busy).",
+            "",
+        ]
+        lines += ["| package | share of CPU time |", "|---|---:|"]
+        lines += [f"| {k} | {v:.1%} |" for k, v in prof["share_by_package"].items() if v >= 0.01]
+        lines += ["", "| function | tottime s | calls |", "|---|---:|---:|"]
+        lines += [
+            f"| `{f['function']}` | {f['tottime_s']:.3f} | {f['calls']} |"
+            for f in prof["top_functions"][:10]
+        ]
     return "\n".join(lines)
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from consumer.dev.devbroker import local_run_settings
-
-    overrides: dict[str, Any] = {
-        "engine": args.engine,
-        "prometheus_enabled": False,
-        "kafka_topic_prefix": f"bench{int(time.time())}",
-        "max_queue_size": args.max_queue_size,
-        "max_concurrent_requests": args.concurrency,
-        "request_timeout": 3600.0,
-    }
-    if args.model_path:
-        overrides["model_path"] = args.model_path
-    with local_run_settings("bench", **overrides) as settings:
-        report = asyncio.run(
-            run_pipeline_bench(
-                settings,
-                requests=args.requests,
-                max_tokens=args.max_tokens,
-                baseline=not args.no_baseline,
-            )
+    with kit.bench_broker() as bootstrap:
+        report = run_pipeline_bench(
+            bootstrap,
+            requests=args.requests,
+            rounds=args.rounds,
+            rate_fraction=args.rate_fraction,
+            paced_s=args.paced_s,
+            profile_requests=args.profile_requests,
+            concurrency=args.concurrency,
+            queue=args.max_queue_size,
+            overrides=dict(args.set),
+            progress=not args.no_progress,
         )
-    print(json.dumps(report) if args.json else _format(report))
+    kit.emit(report, args, markdown)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench pipeline`` to the ``bench`` subcommands."""
     p = sub.add_parser(
-        "pipeline", help="the service through real Kafka vs the engine alone (overhead)"
+        "pipeline", help="the service vs a raw aiokafka loop: results/s, added latency, profile"
     )
-    p.add_argument("--engine", choices=["llama", "sequential", "fake"], default="fake")
-    p.add_argument("--requests", type=int, default=2000)
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--engine", choices=["fake"], default="fake", help="zero-latency fake only")
+    p.add_argument("--requests", type=int, default=5000, help="backlog per drain")
+    p.add_argument("--rounds", type=int, default=2, help="alternating-order rounds")
+    p.add_argument("--rate-fraction", type=float, default=0.5, help="of saturation, paced")
+    p.add_argument("--paced-s", type=float, default=10.0, help="length of a paced phase")
+    p.add_argument("--profile-requests", type=int, default=None, help="0: no profile")
     p.add_argument("--concurrency", type=int, default=8, help="MAX_CONCURRENT_REQUESTS")
     p.add_argument("--max-queue-size", type=int, default=256, help="MAX_QUEUE_SIZE")
-    p.add_argument("--model-path", default=None)
-    p.add_argument("--no-baseline", action="store_true", help="skip the engine-alone phase")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a service Settings field for this run, e.g. commit_interval_ms=100 (repeatable)",
+    )
+    kit.common_args(p)
     p.set_defaults(func=_cmd)
+
+
+def _setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    return key.strip().lower(), value.strip()

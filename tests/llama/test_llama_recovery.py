@@ -29,6 +29,9 @@ async def test_a_full_kv_cache_requeues_the_newest_sequence_and_everyone_finishe
     stats = engine.stats()
     assert stats["kv_full_events"] >= 1
     assert stats["kv_full_requeued"] >= 1
+    # A requeued sequence waits for freed cells before it is readmitted, so requeues stay
+    # few (3 measured); readmitting it at once would requeue it again on every pass.
+    assert stats["kv_full_requeued"] <= 8
     assert stats["requests_failed"] == 0
     assert engine.alive()
 

@@ -1,0 +1,85 @@
+"""Where a profiled run's CPU time went, by package and by function (for ``bench pipeline``).
+
+C calls (``isinstance``, ``len``, pydantic-core validation...) are charged to the Python
+function that called them, so "the codec" includes the built-ins it spends its time in;
+socket waits are kept apart.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+from typing import Any
+
+__all__ = ["category", "summarize"]
+
+#: Which package a profiled function belongs to, by path fragment (first match wins).
+CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("aiokafka", "aiokafka (client, protocol, records)"),
+    ("fastavro", "fastavro (Avro encode/decode)"),
+    ("schemas/", "schemas (codec, schema guard, models)"),
+    ("pydantic", "pydantic (models)"),
+    ("prometheus_client", "prometheus_client (metrics)"),
+    ("consumer/runtime", "consumer.runtime (service loops)"),
+    ("consumer/core", "consumer.core (scheduler, offsets, breaker)"),
+    ("consumer/engines", "consumer.engines (fake engine, prompts)"),
+    ("consumer/kafka", "consumer.kafka (intake, sinks, commits)"),
+    ("consumer/ops", "consumer.ops (metrics, http)"),
+    ("asyncio", "asyncio (event loop, tasks)"),
+    ("selectors", "socket IO (epoll, send, recv)"),
+    ("epoll", "socket IO (epoll, send, recv)"),
+    ("_socket", "socket IO (epoll, send, recv)"),
+    ("/lib/python3", "stdlib (logging, uuid, datetime, enum...)"),
+    ("<built-in", "C calls from C"),
+    ("<method", "C calls from C"),
+)
+
+_PROJECT = ("consumer/", "schemas/", "producer_sdk/")
+
+
+def category(where: str) -> str:
+    """The package label of ``path:function``."""
+    return next((g for frag, g in CATEGORIES if frag in where), "other Python")
+
+
+def _short(path: str) -> str:
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1]
+    for marker in _PROJECT:
+        i = path.rfind("/" + marker)
+        if i >= 0:
+            return path[i + 1 :]
+    if "/lib/python3" in path:
+        return path.split("/lib/python3", 1)[1].split("/", 1)[-1]
+    return path
+
+
+def summarize(profiler: cProfile.Profile, wall_s: float, top: int = 15) -> dict[str, Any]:
+    """CPU seconds, busy share of ``wall_s``, share by package and the top functions."""
+    raw: dict[Any, Any] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in raw.values()) or 1.0
+    groups: dict[str, float] = {}
+    rows = []
+    for (path, line, func), (_cc, ncalls, tottime, cumtime, callers) in raw.items():
+        rows.append((tottime, ncalls, cumtime, f"{_short(path)}:{line}({func})"))
+        if path == "~" and "epoll" not in func and "socket" not in func and callers:
+            for (cpath, _l, cfunc), cstats in callers.items():
+                label = category(f"{cpath}:{cfunc}")
+                groups[label] = groups.get(label, 0.0) + cstats[2]
+            continue
+        label = category(f"{path}:{func}")
+        groups[label] = groups.get(label, 0.0) + tottime
+    rows.sort(reverse=True)
+    return {
+        "profiled_cpu_s": total,
+        "wall_s": wall_s,
+        # Well under 1: the service thread waited (stalls), it was not short of CPU.
+        "cpu_over_wall": total / wall_s if wall_s else float("nan"),
+        "share_by_package": {
+            k: round(v / total, 4) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])
+        },
+        "top_functions": [
+            {"function": name, "tottime_s": round(t, 4), "calls": c, "cumtime_s": round(cum, 4)}
+            for t, c, cum, name in rows[:top]
+        ],
+    }
