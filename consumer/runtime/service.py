@@ -40,8 +40,8 @@ from consumer.runtime.rebalance import RebalanceMixin
 from consumer.runtime.runner import RequestRunner
 from consumer.runtime.supervisor import Supervisor, finish_within
 from schemas.codec import Codec
-from schemas.registry import codec_from_settings
 from schemas.models import ExplanationResult, ResultStatus
+from schemas.registry import codec_from_settings
 
 if TYPE_CHECKING:
     from consumer.ops.metrics import Metrics

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.ops.gpu import GpuProbe
 from consumer.kafka.lag import LagReport, PartitionLag
+from consumer.ops.gpu import GpuProbe
 from consumer.ops.metrics import LagSecondsEstimator, Metrics
 
 CONTRACT_NAMES = [
