@@ -98,13 +98,15 @@ class FakeEngine:
             self._in_flight -= 1
         self._requests += 1
         self._generated += n_tokens
+        elapsed_ms = (time.monotonic() - started) * 1000.0
         return GenerationResult(
             text=" ".join(words[:n_tokens]) if not request.ignore_eos else text,
             prompt_tokens=len(str(ctx)) // 4 + 16,
             completion_tokens=n_tokens,
             finish_reason="length" if n_tokens >= request.max_tokens else "stop",
             confidence_score=0.9,
-            processing_time_ms=(time.monotonic() - started) * 1000.0,
+            processing_time_ms=elapsed_ms,
+            compute_ms=elapsed_ms,  # the simulated work is all this request's
         )
 
     async def warmup(self) -> None:

@@ -214,6 +214,7 @@ class SequentialEngine:
             finish_reason=reason,
             confidence_score=None,
             processing_time_ms=dt * 1000.0,
+            compute_ms=dt * 1000.0,  # one request at a time: the whole run is its own
         )
 
     async def warmup(self) -> None:

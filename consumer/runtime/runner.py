@@ -241,6 +241,7 @@ class RequestRunner:
             processing_time_ms=generated.processing_time_ms if generated else processing_ms,
             completed_at=utcnow(),
             confidence_score=generated.confidence_score if generated else None,
+            compute_ms=generated.compute_ms if generated else None,
             model_info=ModelInfoRecord(
                 model_name=info.model_name,
                 quantization=info.quantization,

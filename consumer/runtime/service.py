@@ -115,6 +115,8 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         self._lag: dict[str, dict[int, int]] = {}
         self._service_s: dict[str, float] = {}
         self._counts: dict[str, int] = {st.value: 0 for st in ResultStatus}
+        # Engine seconds charged to each tier's requests, and how many requests carried some.
+        self._compute: dict[str, list[float]] = {tier: [0.0, 0.0] for tier in TIERS}
         self._http: Any = None
         self.http_port: int | None = None
         self.metrics_port: int | None = None
@@ -308,7 +310,14 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             old = self._service_s.get(work.tier)
             secs = result.processing_time_ms / 1000.0
             self._service_s[work.tier] = secs if old is None else 0.9 * old + 0.1 * secs
+        compute_s = (result.compute_ms or 0.0) / 1000.0
+        if result.compute_ms is not None:
+            acc = self._compute[work.tier]
+            acc[0] += compute_s
+            acc[1] += 1
         if self.metrics is not None:
+            if result.compute_ms is not None:
+                self.metrics.observe_compute(work.tier, compute_s, self.settings.cost_per_gpu_hour)
             self.metrics.request_finished(
                 work.tier,
                 result.status.value,

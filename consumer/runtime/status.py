@@ -23,6 +23,19 @@ if TYPE_CHECKING:
 __all__ = ["ControlMixin", "engine_alive", "observe"]
 
 
+def compute_view(
+    compute: dict[str, list[float]], cost_per_gpu_hour: float | None
+) -> dict[str, dict[str, float | None]]:
+    """Per tier: engine seconds, requests charged, and mean cost per request when priced."""
+    view: dict[str, dict[str, float | None]] = {}
+    for tier, (seconds, requests) in compute.items():
+        cost = None
+        if cost_per_gpu_hour is not None and requests:
+            cost = seconds / requests / 3600.0 * cost_per_gpu_hour
+        view[tier] = {"seconds": round(seconds, 6), "requests": requests, "cost_per_request": cost}
+    return view
+
+
 def engine_alive(engine: Any) -> bool:
     """The engine's own liveness; engines without ``alive()`` count as alive."""
     alive = getattr(engine, "alive", None)
@@ -117,6 +130,7 @@ class ControlMixin:
             "lag": {tier: dict(parts) for tier, parts in self._lag.items()},
             "breaker": self.breaker.state(time.monotonic()).value,
             "results": dict(self._counts),
+            "compute": compute_view(self._compute, self.settings.cost_per_gpu_hour),
             "dlq": self.dead_letters.sent if self.dead_letters else 0,
             "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in self.assigned()),
             "live": self.live_reasons(),
