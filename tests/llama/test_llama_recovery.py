@@ -19,7 +19,7 @@ async def test_a_full_kv_cache_requeues_the_newest_sequence_and_everyone_finishe
     # Eight sequences of ~130 prompt tokens + 60 generated each need ~1,500 cells (the
     # profile prefixes are shared); a 1,024-cell context cannot hold them all at once.
     engine = await start_engine(max_concurrent_requests=8, seq_budget_tokens=256)
-    engine.context_overrides["n_ctx"] = 1024
+    engine.context_overrides.update(n_ctx=1024, kv_unified=True)  # one shared cell pool
     await engine.reload()  # recreate the context with the override
     assert engine.stats()["n_ctx"] == 1024
     results = await asyncio.gather(

@@ -98,3 +98,17 @@ def test_a_cgroup_cpu_quota_caps_the_usable_cpus() -> None:
     assert cgroup_cpu_limit(None, "-1\n", "100000\n") is None
     assert cgroup_cpu_limit(None, None, None) is None
     assert cgroup_cpu_limit("garbage", None, None) is None
+
+
+def test_a_kept_sequence_is_reused_up_to_the_first_differing_token() -> None:
+    import numpy as np
+
+    from consumer.engines.llama.plan import reusable_prefix
+
+    cached = np.array([1, 2, 3, 4, 5], np.int32)
+    assert reusable_prefix(cached, np.array([1, 2, 3, 9, 9, 9], np.int32)) == 3
+    assert reusable_prefix(cached, np.array([1, 2, 3, 4, 5, 6, 7], np.int32)) == 5
+    # The last prompt token is always decoded again: its logits start the generation.
+    assert reusable_prefix(cached, np.array([1, 2, 3], np.int32)) == 2
+    assert reusable_prefix(cached, np.array([7, 2, 3], np.int32)) == 0
+    assert reusable_prefix(None, np.array([1, 2, 3], np.int32)) == 0

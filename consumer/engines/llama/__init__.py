@@ -6,9 +6,9 @@ One dedicated thread (:mod:`.loop`) owns the model, the context and every sequen
 the llama.cpp handles and batch memory, :mod:`.sampling` C-side sampling, log-probabilities
 and stop matching, :mod:`.counters` its counters, and :mod:`.engine` the asyncio facade.
 
-The KV cache is unified (``kv_unified``): the system-prompt prefix of each profile is
-evaluated once into a reserved sequence id and ``llama_memory_seq_cp`` shares its cells with
-each new sequence instead of re-evaluating it.
+Each sequence has its own KV stream (``kv_unified`` off, like llama-server's slots): the
+prompt prefix of each profile is evaluated once into a reserved sequence and
+``llama_memory_seq_cp`` copies it into each new sequence instead of re-evaluating it.
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ class Slot:
     last: int = -1  # sampled token not yet decoded (generating phase)
     out_idx: int = -1  # batch index whose logits this slot samples this step
     admitted: int = 0  # admission number (prompt chunks go oldest admission first)
+    cached: np.ndarray | None = None  # tokens whose KV a free slot kept (prefix reuse)
 
 
 def set_future(fut: asyncio.Future[Any], result: Any, err: BaseException | None) -> None:

@@ -63,6 +63,8 @@ class BatchLoop:
     def attach(self, m: NativeModel) -> None:
         """Serve ``m`` (before the thread starts, or from the thread after a swap)."""
         self.t.m = m
+        for slot in self.t.slots:
+            slot.cached = None  # kept KV belonged to the previous context
         self._logprobs = Logprobs(len(self.t.slots), m.n_vocab)
         self._pieces = Pieces(m.vocab)
 
@@ -228,7 +230,7 @@ class BatchLoop:
             req = job.request
             if not req.ignore_eos and llama_cpp.llama_vocab_is_eog(m.vocab, t):
                 done.append((job, "stop"))
-                self.t.release(slot)
+                self.t.release(slot, keep=True)
                 continue
             job.generated.append(t)
             if lps is not None:
@@ -250,7 +252,7 @@ class BatchLoop:
                 reason = "deadline"
             if reason is not None:
                 done.append((job, reason))
-                self.t.release(slot)
+                self.t.release(slot, keep=True)
         expired = self.t.expire_prefilling(now)
         dt = time.perf_counter() - t0
         share = dt / len(jobs)

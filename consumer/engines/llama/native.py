@@ -43,6 +43,7 @@ class NativeModel:
     profiles: ProfileSet
     eog_ids: list[int]
     generation: int
+    unified: bool = False  # one shared KV cell pool instead of a stream per sequence
     prefix_seq: dict[str, tuple[int, int]] = field(default_factory=dict)
     # Held while another thread tokenises with this model's vocabulary, and by the loop
     # thread while it frees the model, so a free never races a tokenisation.
@@ -172,14 +173,23 @@ def load_native(
         )
         prefixes = {p: prompter.prefix(p)[1] for p in profiles.names()}
         use_prefix = shape.n_slots + len(prefixes) <= LLAMA_MAX_SEQ
-        n_ctx = model_files.context_size(settings)
-        if use_prefix:
-            n_ctx += sum(len(t) for t in prefixes.values())
+        n_seq = shape.n_slots + (len(prefixes) if use_prefix else 0)
+        # One KV stream per sequence, like llama-server with -np: attention then reads only
+        # the sequence's own cells. A unified cache makes every token attend over (a mask
+        # of) every sequence's cells, which at 8 sequences cost 0.77x llama-server's
+        # tokens/s; prefix KV is shared by copying the prefix stream (a buffer copy).
+        unified = bool(shape.overrides.get("kv_unified", False))
+        if unified:
+            n_ctx = model_files.context_size(settings)
+            if use_prefix:
+                n_ctx += sum(len(t) for t in prefixes.values())
+        else:
+            n_ctx = n_seq * model_files.seq_budget(settings)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = shape.n_batch
         params.n_ubatch = shape.n_batch
-        params.n_seq_max = shape.n_slots + (len(prefixes) if use_prefix else 0)
+        params.n_seq_max = n_seq
         # llama.cpp reserves logits rows for max(outputs, n_seq_max) and asserts that this
         # fits n_outputs_max (which defaults to n_batch).
         params.n_outputs_max = max(shape.n_batch, params.n_seq_max)
@@ -187,7 +197,7 @@ def load_native(
         params.n_threads_batch = shape.n_threads_batch
         params.type_k = model_files.ggml_type(settings.kv_cache_type)
         params.type_v = model_files.ggml_type(settings.kv_cache_type)
-        params.kv_unified = True
+        params.kv_unified = unified
         params.no_perf = True
         for key, value in shape.overrides.items():
             setattr(params, key, value)
@@ -210,6 +220,7 @@ def load_native(
             profiles=profiles,
             eog_ids=[t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)],
             generation=generation,
+            unified=unified,
         )
         if use_prefix:
             _eval_prefixes(m, prefixes, shape.n_slots, batch)

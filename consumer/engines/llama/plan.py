@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
+
 __all__ = [
     "URGENT",
     "Chunk",
@@ -26,6 +28,7 @@ __all__ = [
     "default_threads",
     "on_kv_full",
     "plan_chunks",
+    "reusable_prefix",
 ]
 
 #: Only requests of this priority (0, the ``urgent`` tier) preempt running sequences.
@@ -153,3 +156,18 @@ def default_threads(usable_cpus: int) -> int:
     oversubscribed.
     """
     return max(1, usable_cpus - 1)
+
+
+def reusable_prefix(cached: np.ndarray | None, tokens: np.ndarray) -> int:
+    """How many leading ``tokens`` a slot's kept KV (``cached``) already holds.
+
+    At most ``len(tokens) - 1``: the last prompt token is always decoded again, since its
+    logits start the generation.
+    """
+    if cached is None or len(tokens) < 2:
+        return 0
+    n = min(len(cached), len(tokens) - 1)
+    if n <= 0:
+        return 0
+    same = cached[:n] == tokens[:n]
+    return n if bool(same.all()) else int(np.argmin(same))

@@ -74,12 +74,21 @@ class SlotTable:
         n = plan.choose_admissions(
             len(free), len(self.waiting), draining=draining, kv_hold=self.kv_hold
         )
-        for slot in free[:n]:
+        for _ in range(n):
             while self.waiting:
                 _, job = heapq.heappop(self.waiting)
+                slot = self._pick_slot(free, job)
                 if self._start(slot, job):
+                    free.remove(slot)
                     break
         self._c.waiting = len(self.waiting)
+
+    def _pick_slot(self, free: list[Slot], job: Job) -> Slot:
+        """The free slot whose kept KV shares the longest prefix with the job's tokens."""
+        if job.prompt is None or not any(s.cached is not None for s in free):
+            return free[0]
+        tokens = np.asarray(job.prompt + job.generated, np.int32)
+        return max(free, key=lambda s: plan.reusable_prefix(s.cached, tokens))
 
     def _maybe_preempt(self) -> None:
         urgent = min(
@@ -147,22 +156,25 @@ class SlotTable:
             return False
         # After preemption the generated tokens are re-evaluated too (the sampler's state
         # is kept), so the sequence continues exactly where it stopped.
-        tokens = job.prompt + job.generated
-        llama_cpp.llama_memory_seq_rm(m.mem, slot.seq_id, -1, -1)
-        start = 0
+        tokens = np.asarray(job.prompt + job.generated, np.int32)
         prefix = m.prefix_seq.get(req.prompt_profile)
-        if prefix is not None and job.prefix_len == prefix[1]:
-            llama_cpp.llama_memory_seq_cp(m.mem, prefix[0], slot.seq_id, -1, -1)
-            start = prefix[1]
+        prefix_n = prefix[1] if prefix is not None and job.prefix_len == prefix[1] else 0
+        # Like llama-server's slots: a slot keeps its last sequence's KV, and a prompt that
+        # shares more than the profile prefix with it drops only the differing tail.
+        start = plan.reusable_prefix(slot.cached, tokens)
+        slot.cached = None
+        if start > prefix_n:
+            llama_cpp.llama_memory_seq_rm(m.mem, slot.seq_id, start, -1)
+        else:
+            llama_cpp.llama_memory_seq_rm(m.mem, slot.seq_id, -1, -1)
+            start = prefix_n
+            if prefix is not None and prefix_n:
+                llama_cpp.llama_memory_seq_cp(m.mem, prefix[0], slot.seq_id, -1, -1)
+        if start:
             self._c.prefix_hits += 1
             self._c.prefix_tokens += start
         self._admissions += 1
-        slot.job, slot.tokens, slot.fed, slot.n_past = (
-            job,
-            np.asarray(tokens, np.int32),
-            start,
-            start,
-        )
+        slot.job, slot.tokens, slot.fed, slot.n_past = job, tokens, start, start
         slot.last, slot.out_idx, slot.admitted = -1, -1, self._admissions
         self._c.busy_slots += 1
         if not job.generated:
@@ -188,13 +200,23 @@ class SlotTable:
 
     # ------------------------------------------------------------------- completion
 
-    def release(self, slot: Slot) -> None:
+    def release(self, slot: Slot, keep: bool = False) -> None:
+        """Free the slot; ``keep`` leaves a finished sequence's KV for prefix reuse."""
         import llama_cpp
 
-        if slot.job is None:
+        job = slot.job
+        if job is None:
             return
+        slot.cached = None
         if self.m is not None:
-            llama_cpp.llama_memory_seq_rm(self.m.mem, slot.seq_id, -1, -1)
+            if keep and not self.m.unified and slot.n_past > 0:
+                # Its own stream: kept cells cost nobody room. Positions 0..n_past-1.
+                slot.cached = np.asarray(job.prompt or [], np.int32)
+                slot.cached = np.concatenate((slot.cached, np.asarray(job.generated, np.int32)))[
+                    : slot.n_past
+                ]
+            else:
+                llama_cpp.llama_memory_seq_rm(self.m.mem, slot.seq_id, -1, -1)
         slot.job, slot.tokens, slot.last, slot.out_idx = None, None, -1, -1
         self._c.busy_slots -= 1
         self.kv_hold = False  # cells were freed: admissions may resume
