@@ -42,7 +42,11 @@ class LlamaEngine:
         self._settings = settings
         self._n_slots = settings.max_concurrent_requests
         self._n_batch = max(settings.n_batch, self._n_slots)
-        self._n_threads = settings.n_threads or plan.default_threads(model_files.usable_cpus())
+        cpus = model_files.usable_cpus()
+        self._n_threads = settings.n_threads or plan.default_threads(cpus)
+        # Multi-token ubatches (prompts, several sequences) have enough work per barrier to
+        # use every core; single-token steps are where spinning workers lose.
+        self._n_threads_batch = settings.n_threads or cpus
         self._seq_budget = model_files.seq_budget(settings)
         self._model_path = model_files.resolve_model_path(settings.model_path)
         self._profiles = prompts.load_profiles(settings.prompt_profiles_path)
@@ -202,6 +206,7 @@ class LlamaEngine:
             "n_ctx": m.n_ctx if m else 0,
             "n_batch": self._n_batch,
             "n_threads": self._n_threads,
+            "n_threads_batch": self._n_threads_batch,
             "model_path": m.path if m else self._model_path,
             "prompt_profiles": m.profiles.names() if m else self._profiles.names(),
         }
@@ -220,7 +225,7 @@ class LlamaEngine:
             n_slots=self._n_slots,
             n_batch=self._n_batch,
             n_threads=self._n_threads,
-            n_threads_batch=self._n_threads,
+            n_threads_batch=self._n_threads_batch,
             overrides=dict(self.context_overrides),
         )
 

@@ -146,7 +146,7 @@ def free_old_first(new_model_bytes: int, context_bytes: int, available_bytes: in
 
 
 def default_threads(usable_cpus: int) -> int:
-    """ggml threads when N_THREADS is 0: every usable core but one, and at least one.
+    """ggml threads for single-token steps when N_THREADS is 0: every usable core but one.
 
     ggml's workers (OpenMP in this build) spin-wait at every barrier of a decode, so a
     worker that loses its core to another runnable thread (the event loop, the Kafka
