@@ -152,12 +152,18 @@ def _free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def _peer_server(
-    binary: Path, model: str, threads: int, slots: int, n_ctx: int, n_batch: int, gpu_layers: int
+    binary: Path,
+    model: str,
+    threads: tuple[int, int],
+    slots: int,
+    n_ctx: int,
+    n_batch: int,
+    gpu_layers: int,
 ) -> AsyncIterator[str]:
     """Run llama-server on a free loopback port until the block ends; yields its base URL."""
     port = _free_port()
     args = [
-        str(binary), "-m", model, "-t", str(threads), "-tb", str(threads), "-np", str(slots),
+        str(binary), "-m", model, "-t", str(threads[0]), "-tb", str(threads[1]), "-np", str(slots),
         "-c", str(n_ctx), "-b", str(n_batch), "-ngl", str(gpu_layers),
         "--host", "127.0.0.1", "--port", str(port), "--no-webui",
     ]  # fmt: skip
@@ -295,10 +301,17 @@ async def run_peer_bench(
         await engine.warmup()
         stats = engine.stats()
         used_threads = int(threads or stats.get("n_threads") or os.cpu_count() or 1)
+        batch_threads = int(threads or stats.get("n_threads_batch") or used_threads)
         model = str(model_path or settings.model_path or model_files.default_model_path())
         n_ctx = slots * settings.seq_budget_tokens
         async with _peer_server(
-            binary, model, used_threads, slots, n_ctx, settings.n_batch, settings.n_gpu_layers
+            binary,
+            model,
+            (used_threads, batch_threads),
+            slots,
+            n_ctx,
+            settings.n_batch,
+            settings.n_gpu_layers,
         ) as url:
             # One warm-up request per profile on the peer too, as our engine's warmup does.
             await _peer_one(url, 1, 2, 4, temperature, _Sample([]), None)
@@ -331,6 +344,7 @@ async def run_peer_bench(
         "benchmark": "peer",
         "model": asdict(info),
         "threads": used_threads,
+        "threads_batch": batch_threads,
         "slots": slots,
         "gpu_layers": settings.n_gpu_layers,
         "max_tokens": max_tokens,
@@ -358,7 +372,8 @@ def format_peer_table(report: dict[str, Any]) -> str:
     by = {(r.engine, r.concurrency): r for r in runs}
     lines = [
         f"model {report['model']['model_name']} ({report['model']['quantization']}), "
-        f"threads {report['threads']}, slots {report['slots']}, "
+        f"threads {report['threads']}/{report.get('threads_batch', report['threads'])} "
+        f"(token/batch), slots {report['slots']}, "
         f"{report['max_tokens']} tokens, {report['rounds']} rounds",
         "",
         "| concurrency | llama-server tok/s | llama tok/s | ratio | llama-server expl/min "
