@@ -44,7 +44,7 @@ from aiokafka.errors import (
 )
 
 from consumer.core.offsets import OffsetTracker
-from consumer.kafka.sinks import Headers
+from consumer.kafka.sinks import Headers, topic_writable
 
 __all__ = ["TransactionalSink"]
 
@@ -119,14 +119,7 @@ class TransactionalSink:
         part = next(iter(self._parts.values()), None)
         if part is None:
             return False
-        try:
-            parts = await asyncio.wait_for(part.producer.partitions_for(topic), self._timeout)
-        except (TimeoutError, KafkaError) as exc:
-            log.warning("topic %s is not writable: %s", topic, exc)
-            return False
-        if parts:
-            self._known.add(topic)
-        return bool(parts)
+        return await topic_writable(part.producer, topic, self._timeout, self._known)
 
     async def put(
         self,

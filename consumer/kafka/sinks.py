@@ -38,6 +38,21 @@ class PublishError(KafkaUnavailable):
     retriable = False
 
 
+async def topic_writable(
+    producer: AIOKafkaProducer, topic: str, timeout_s: float, known: set[str]
+) -> bool:
+    """Whether ``producer`` gets metadata for ``topic`` within ``timeout_s``; adds it to
+    ``known`` when it does."""
+    try:
+        parts = await asyncio.wait_for(producer.partitions_for(topic), timeout_s)
+    except (TimeoutError, KafkaError) as exc:
+        log.warning("topic %s is not writable: %s", topic, exc)
+        return False
+    if parts:
+        known.add(topic)
+    return bool(parts)
+
+
 class ResultSink(Protocol):
     """What the runtime asks of result delivery (see module docstring)."""
 
@@ -108,14 +123,7 @@ class AtLeastOnceSink:
         if topic in self._known:
             return True
         assert self._producer is not None
-        try:
-            parts = await asyncio.wait_for(self._producer.partitions_for(topic), self._timeout)
-        except (TimeoutError, KafkaError) as exc:
-            log.warning("topic %s is not writable: %s", topic, exc)
-            return False
-        if parts:
-            self._known.add(topic)
-        return bool(parts)
+        return await topic_writable(self._producer, topic, self._timeout, self._known)
 
     async def put(
         self,

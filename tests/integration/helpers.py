@@ -9,6 +9,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from consumer.config import Settings
+from consumer.kafka.topics import ensure_service_topics
 from schemas.codec import Codec
 from schemas.models import AnalysisContext, ExplanationRequest, ExplanationResult
 
@@ -127,3 +129,25 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         await asyncio.sleep(0.02)
+
+
+async def service_topics(settings: Settings) -> Settings:
+    """``settings`` after creating all of the service's topics."""
+    await ensure_service_topics(settings)
+    return settings
+
+
+async def wait_committed(settings: Settings, tier: str, timeout_s: float = 30.0) -> None:
+    """Wait until the group's committed offsets reach the end offsets of a tier topic."""
+    topic = settings.request_topics()[tier]
+    boot = settings.kafka_bootstrap_servers
+    deadline = time.monotonic() + timeout_s
+    ends: dict[int, int] = {}
+    got: dict[int, int | None] = {}
+    while time.monotonic() < deadline:
+        ends = await end_offsets(boot, topic)
+        got = await committed(boot, settings.kafka_group_id, topic)
+        if all(got.get(p) == e for p, e in ends.items()):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"committed {got} never reached end offsets {ends}")

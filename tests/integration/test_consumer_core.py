@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from consumer.config import Settings
 from consumer.engines.base import GenerationRequest, GenerationResult
 from consumer.engines.fake import FakeEngine
-from consumer.kafka.topics import ensure_service_topics, ensure_topics, settings_connection
+from consumer.kafka.topics import ensure_topics, settings_connection
 from consumer.runtime.service import ConsumerService
 from schemas.errors import EngineError
 from schemas.models import ResultStatus
@@ -31,33 +31,16 @@ from tests.integration.helpers import (
     produce,
     produce_requests,
     results_by_id,
+    service_topics,
+    wait_committed,
     wait_until,
 )
 
 pytestmark = pytest.mark.kafka
 
 
-async def _topics(settings: Settings) -> Settings:
-    await ensure_service_topics(settings)
-    return settings
-
-
-async def _wait_committed(settings: Settings, tier: str, timeout_s: float = 30.0) -> None:
-    """Wait until the group's committed offsets reach the end offsets of a tier topic."""
-    topic = settings.request_topics()[tier]
-    deadline = time.monotonic() + timeout_s
-    boot = settings.kafka_bootstrap_servers
-    while time.monotonic() < deadline:
-        ends = await end_offsets(boot, topic)
-        got = await committed(boot, settings.kafka_group_id, topic)
-        if all(got.get(p) == e for p, e in ends.items()):
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"committed {got} never reached end offsets {ends}")
-
-
 async def test_urgent_backlog_overtakes_low_backlog(make_settings: Callable[..., Settings]) -> None:
-    settings = await _topics(
+    settings = await service_topics(
         make_settings(fake_latency_ms=20, max_concurrent_requests=4, max_queue_size=40)
     )
     boot = settings.kafka_bootstrap_servers
@@ -79,7 +62,7 @@ async def test_urgent_backlog_overtakes_low_backlog(make_settings: Callable[...,
 async def test_low_requests_are_not_starved_by_a_steady_urgent_stream(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(
+    settings = await service_topics(
         make_settings(fake_latency_ms=40, max_concurrent_requests=2, max_queue_size=40, aging_s=0.3)
     )
     boot = settings.kafka_bootstrap_servers
@@ -122,7 +105,7 @@ async def test_low_requests_are_not_starved_by_a_steady_urgent_stream(
 async def test_poison_records_go_to_dlq_and_every_valid_request_gets_one_result(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(make_settings(kafka_partitions=3, max_concurrent_requests=8))
+    settings = await service_topics(make_settings(kafka_partitions=3, max_concurrent_requests=8))
     boot = settings.kafka_bootstrap_servers
     rng = random.Random(7)
     valid = [make_request(i) for i in range(980)]
@@ -149,7 +132,7 @@ async def test_poison_records_go_to_dlq_and_every_valid_request_gets_one_result(
     async with ConsumerService(settings):
         results = await collect(boot, settings.results_topic, 980, timeout_s=120)
         dlq = await collect(boot, settings.dlq_topic, 20, timeout_s=30, decode=None)
-        await _wait_committed(settings, "normal")
+        await wait_committed(settings, "normal")
     by_id = results_by_id(results)
     assert set(by_id) == {r.request_id for r in valid}
     assert all(len(v) == 1 for v in by_id.values())
@@ -180,7 +163,7 @@ async def test_expired_and_rejected_requests_get_results(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    settings = await _topics(make_settings())
+    settings = await service_topics(make_settings())
     boot = settings.kafka_bootstrap_servers
     expired = make_request(1, deadline=datetime.now(UTC) - timedelta(seconds=1))
     unknown_profile = make_request(2, prompt_profile="no-such-profile")
@@ -199,7 +182,7 @@ async def test_expired_and_rejected_requests_get_results(
 
 
 async def test_reply_to_routes_the_result(make_settings: Callable[..., Settings]) -> None:
-    settings = await _topics(make_settings())
+    settings = await service_topics(make_settings())
     boot = settings.kafka_bootstrap_servers
     reply = f"{settings.kafka_topic_prefix}.replies"
     await ensure_topics(settings_connection(settings), [reply], partitions=1)
@@ -228,7 +211,7 @@ class _FlakyEngine(FakeEngine):
 async def test_open_breaker_pauses_intake_then_recovers(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(
+    settings = await service_topics(
         make_settings(
             breaker_min_calls=3,
             breaker_window=5,
@@ -272,7 +255,7 @@ async def test_open_breaker_pauses_intake_then_recovers(
 
 
 async def test_failed_after_retry_budget(make_settings: Callable[..., Settings]) -> None:
-    settings = await _topics(
+    settings = await service_topics(
         make_settings(retry_attempts=2, retry_backoff_ms=1, breaker_min_calls=1000)
     )
     boot = settings.kafka_bootstrap_servers
@@ -289,7 +272,7 @@ async def test_failed_after_retry_budget(make_settings: Callable[..., Settings])
 async def test_rebalance_hands_over_without_loss_or_duplicates(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(
+    settings = await service_topics(
         make_settings(kafka_partitions=4, fake_latency_ms=50, max_concurrent_requests=4)
     )
     boot = settings.kafka_bootstrap_servers
@@ -300,7 +283,7 @@ async def test_rebalance_hands_over_without_loss_or_duplicates(
         second_settings = settings.model_copy(update={"consumer_id": "second"})
         async with ConsumerService(second_settings) as second:
             results = await collect(boot, settings.results_topic, 800, timeout_s=120)
-            await _wait_committed(settings, "normal")
+            await wait_committed(settings, "normal")
             assert second.assigned() and first.assigned()  # both got partitions
     by_id = results_by_id(results)
     assert set(by_id) == {r.request_id for r in requests}
@@ -347,7 +330,7 @@ async def _drain_rest(settings: Settings, total: int) -> list:
 async def test_sigterm_drains_publishes_and_commits(
     make_settings: Callable[..., Settings], delivery: str
 ) -> None:
-    settings = await _topics(
+    settings = await service_topics(
         make_settings(fake_latency_ms=20, max_concurrent_requests=4, delivery=delivery)
     )
     boot = settings.kafka_bootstrap_servers
@@ -370,7 +353,7 @@ async def test_sigterm_drains_publishes_and_commits(
 
 
 async def test_exactly_once_survives_a_crash(make_settings: Callable[..., Settings]) -> None:
-    settings = await _topics(
+    settings = await service_topics(
         make_settings(fake_latency_ms=10, max_concurrent_requests=4, delivery="exactly-once")
     )
     boot = settings.kafka_bootstrap_servers
@@ -393,7 +376,7 @@ async def test_exactly_once_survives_a_crash(make_settings: Callable[..., Settin
 async def test_at_least_once_survives_a_crash_repeating_only_uncommitted_work(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(make_settings(fake_latency_ms=10, max_concurrent_requests=4))
+    settings = await service_topics(make_settings(fake_latency_ms=10, max_concurrent_requests=4))
     boot = settings.kafka_bootstrap_servers
     topic = settings.request_topics()["normal"]
     requests = [make_request(i) for i in range(300)]
@@ -413,7 +396,7 @@ async def test_at_least_once_survives_a_crash_repeating_only_uncommitted_work(
     assert below, "the crashed consumer committed nothing; the test proves nothing"
     ids = {r.request_id for r in requests}
     async with ConsumerService(settings.model_copy(update={"consumer_id": "successor"})):
-        await _wait_committed(settings, "normal", timeout_s=120)
+        await wait_committed(settings, "normal", timeout_s=120)
     published = sum((await end_offsets(boot, settings.results_topic)).values())
     results = await collect(boot, settings.results_topic, published)
     assert len(results) == published

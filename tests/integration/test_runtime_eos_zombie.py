@@ -15,8 +15,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from consumer.config import Settings
 from consumer.kafka.topics import ensure_service_topics
 from consumer.runtime.service import ConsumerService
-from tests.integration.helpers import CODEC, collect, make_request, produce_requests, wait_until
-from tests.integration.test_consumer_core import _consume_process, _wait_committed
+from tests.integration.helpers import (
+    CODEC,
+    collect,
+    make_request,
+    produce_requests,
+    wait_committed,
+    wait_until,
+)
+from tests.integration.test_consumer_core import _consume_process
 
 pytestmark = pytest.mark.kafka
 
@@ -73,7 +80,7 @@ async def test_a_thawed_zombie_never_commits_after_its_partitions_moved(
             zombie.send_signal(signal.SIGCONT)
             frozen = False
             await collect(boot, settings.results_topic, 1500, timeout_s=120)
-            await _wait_committed(settings, "normal", timeout_s=120)
+            await wait_committed(settings, "normal", timeout_s=120)
         zombie.send_signal(signal.SIGTERM)
         await asyncio.to_thread(zombie.wait, 60)
     finally:

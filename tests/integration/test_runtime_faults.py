@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry
 from consumer.config import Settings
 from consumer.engines.base import GenerationRequest, GenerationResult, ModelInfo
 from consumer.engines.fake import FakeEngine
-from consumer.kafka.topics import ensure_service_topics
 from consumer.ops.metrics import Metrics
 from consumer.runtime.service import ConsumerService
 from schemas.codec import Codec
@@ -27,35 +26,16 @@ from schemas.errors import DecodeError, EngineError
 from schemas.models import ExplanationRequest, ResultStatus
 from tests.integration.helpers import (
     collect,
-    committed,
     end_offsets,
     make_request,
     produce_requests,
     results_by_id,
+    service_topics,
+    wait_committed,
     wait_until,
 )
 
 pytestmark = pytest.mark.kafka
-
-
-async def _topics(settings: Settings) -> Settings:
-    await ensure_service_topics(settings)
-    return settings
-
-
-async def _wait_committed(settings: Settings, tier: str, timeout_s: float = 30.0) -> None:
-    topic = settings.request_topics()[tier]
-    boot = settings.kafka_bootstrap_servers
-    deadline = time.monotonic() + timeout_s
-    ends: dict[int, int] = {}
-    got: dict[int, int | None] = {}
-    while time.monotonic() < deadline:
-        ends = await end_offsets(boot, topic)
-        got = await committed(boot, settings.kafka_group_id, topic)
-        if all(got.get(p) == e for p, e in ends.items()):
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"committed {got} never reached end offsets {ends}")
 
 
 class _FlakyEngine(FakeEngine):
@@ -80,7 +60,7 @@ def _expired(i: int) -> ExplanationRequest:
 async def test_half_open_breaker_is_not_wedged_by_requests_that_never_reach_the_engine(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(
+    settings = await service_topics(
         make_settings(
             breaker_min_calls=2,
             breaker_window=2,
@@ -118,7 +98,7 @@ async def test_half_open_breaker_is_not_wedged_by_requests_that_never_reach_the_
 async def test_reply_to_outside_the_allow_list_is_rejected_on_the_default_topic(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(make_settings())
+    settings = await service_topics(make_settings())
     boot = settings.kafka_bootstrap_servers
     topics = settings.request_topics()
     hostile = [
@@ -129,7 +109,7 @@ async def test_reply_to_outside_the_allow_list_is_rejected_on_the_default_topic(
     await produce_requests(boot, topics["normal"], hostile)
     async with ConsumerService(settings):
         results = await collect(boot, settings.results_topic, 3, timeout_s=30)
-        await _wait_committed(settings, "normal")
+        await wait_committed(settings, "normal")
     assert {r.request_id for r in results} == {r.request_id for r in hostile}
     assert all(r.status is ResultStatus.REJECTED for r in results)
     assert all("REPLY_TO_ALLOWED" in (r.error or "") for r in results)
@@ -140,7 +120,7 @@ async def test_reply_to_outside_the_allow_list_is_rejected_on_the_default_topic(
 async def test_unwritable_reply_to_answers_failed_and_the_partition_moves_on(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(make_settings(publish_timeout_s=2.0))
+    settings = await service_topics(make_settings(publish_timeout_s=2.0))
     boot = settings.kafka_bootstrap_servers
     missing = f"{settings.kafka_topic_prefix}.replies-never-created"  # no auto-creation
     stuck = make_request(1, reply_to=missing)
@@ -148,7 +128,7 @@ async def test_unwritable_reply_to_answers_failed_and_the_partition_moves_on(
     await produce_requests(boot, settings.request_topics()["normal"], [stuck, *after])
     async with ConsumerService(settings):
         results = await collect(boot, settings.results_topic, 6, timeout_s=60)
-        await _wait_committed(settings, "normal", timeout_s=30)
+        await wait_committed(settings, "normal", timeout_s=30)
     by_id = {r.request_id: r for r in results}
     assert by_id[stuck.request_id].status is ResultStatus.FAILED
     assert missing in (by_id[stuck.request_id].error or "")
@@ -183,7 +163,7 @@ class _DyingEngine(FakeEngine):
 async def test_a_dead_engine_still_answers_every_request_and_fails_health(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(make_settings())
+    settings = await service_topics(make_settings())
     boot = settings.kafka_bootstrap_servers
     engine = _DyingEngine(settings)
     requests = [make_request(i) for i in range(5)]
@@ -194,7 +174,7 @@ async def test_a_dead_engine_still_answers_every_request_and_fails_health(
         engine.die()
         await produce_requests(boot, settings.request_topics()["normal"], requests)
         results = await collect(boot, settings.results_topic, 5, timeout_s=30)
-        await _wait_committed(settings, "normal")
+        await wait_committed(settings, "normal")
         async with aiohttp.ClientSession() as http, http.get(url) as resp:
             assert resp.status == 503
     assert len(results) == 5
@@ -217,7 +197,7 @@ class _BrokenSlotsEngine(FakeEngine):
 async def test_a_dead_loop_is_logged_and_fails_health(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = await _topics(make_settings())
+    settings = await service_topics(make_settings())
     engine = _BrokenSlotsEngine(settings)
     async with ConsumerService(settings, engine=engine) as svc:
         url = f"http://127.0.0.1:{svc.http_port}/health"
@@ -238,7 +218,7 @@ async def test_a_dead_loop_is_logged_and_fails_health(
 async def test_engine_slower_than_max_poll_interval_with_every_tier_full_keeps_membership(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(
+    settings = await service_topics(
         make_settings(
             kafka_max_poll_interval_ms=2000,
             kafka_session_timeout_ms=6000,
@@ -266,7 +246,7 @@ async def test_engine_slower_than_max_poll_interval_with_every_tier_full_keeps_m
 async def test_a_fetch_never_overfills_the_tier_with_the_least_room(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(
+    settings = await service_topics(
         make_settings(max_queue_size=40, max_concurrent_requests=1, fake_latency_ms=30)
     )
     boot = settings.kafka_bootstrap_servers
@@ -314,7 +294,7 @@ class _RegistryDownCodec(Codec):
 async def test_retriable_decode_errors_wait_for_the_registry_instead_of_dead_lettering(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(make_settings())
+    settings = await service_topics(make_settings())
     boot = settings.kafka_bootstrap_servers
     requests = [make_request(i) for i in range(6)]
     await produce_requests(boot, settings.request_topics()["normal"], requests)
@@ -323,7 +303,7 @@ async def test_retriable_decode_errors_wait_for_the_registry_instead_of_dead_let
     svc.codec = codec
     async with svc:
         results = await collect(boot, settings.results_topic, 6, timeout_s=60)
-        await _wait_committed(settings, "normal")
+        await wait_committed(settings, "normal")
     assert sum((await end_offsets(boot, settings.dlq_topic)).values()) == 0
     by_id = results_by_id(results)
     assert set(by_id) == {r.request_id for r in requests}
@@ -348,7 +328,7 @@ class _SlowLowEngine(FakeEngine):
 async def test_an_urgent_request_reaches_a_full_engine_without_waiting_for_a_slot(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = await _topics(make_settings(max_concurrent_requests=2, max_queue_size=8))
+    settings = await service_topics(make_settings(max_concurrent_requests=2, max_queue_size=8))
     boot = settings.kafka_bootstrap_servers
     topics = settings.request_topics()
     engine = _SlowLowEngine(settings)
@@ -382,7 +362,7 @@ async def test_uncommitted_records_behind_a_slow_one_are_capped(
     make_settings: Callable[..., Settings],
 ) -> None:
     cap = 5
-    settings = await _topics(
+    settings = await service_topics(
         make_settings(
             max_uncommitted_per_partition=cap, max_concurrent_requests=4, max_queue_size=8
         )
@@ -403,7 +383,7 @@ async def test_uncommitted_records_behind_a_slow_one_are_capped(
         assert normal <= intake.paused
         engine.release.set()
         results = await collect(boot, settings.results_topic, 60, timeout_s=60)
-        await _wait_committed(settings, "normal")
+        await wait_committed(settings, "normal")
     # Taken-but-uncommitted records (the stuck one included) never exceed the cap.
     assert ahead <= cap - 1, f"{ahead} results held behind one slow request"
     assert {r.request_id for r in results} == {r.request_id for r in requests}
