@@ -112,3 +112,12 @@ def test_a_kept_sequence_is_reused_up_to_the_first_differing_token() -> None:
     assert reusable_prefix(cached, np.array([1, 2, 3], np.int32)) == 2
     assert reusable_prefix(cached, np.array([7, 2, 3], np.int32)) == 0
     assert reusable_prefix(None, np.array([1, 2, 3], np.int32)) == 0
+
+
+def test_urgent_sequences_step_alone_on_a_cpu() -> None:
+    from consumer.engines.llama.plan import stepping
+
+    assert stepping([3, 0, 2, 0], solo_urgent=True) == [False, True, False, True]
+    assert stepping([3, 2], solo_urgent=True) == [True, True]
+    assert stepping([3, 0, 2], solo_urgent=False) == [True, True, True]
+    assert stepping([], solo_urgent=True) == []

@@ -54,6 +54,8 @@ class BatchLoop:
         self._draining: list[Reload] = []
         self._logprobs: Logprobs | None = None
         self._pieces: Pieces | None = None
+        #: Urgent sequences step alone while any runs (CPU only; see plan.stepping).
+        self.solo_urgent = False
 
     @property
     def m(self) -> NativeModel | None:
@@ -120,14 +122,22 @@ class BatchLoop:
         b = self._b
         n = 0
         in_batch: list[Slot] = []
+        ready = [
+            s for s in self.t.slots if s.job is not None and (s.last >= 0 or s.tokens is not None)
+        ]
+        steps = plan.stepping([s.job.request.priority for s in ready if s.job], self.solo_urgent)
+        waiting = {id(s) for s, go in zip(ready, steps, strict=True) if not go}
         for slot in self.t.slots:
+            if id(slot) in waiting:
+                continue
             if slot.job is not None and slot.last >= 0:
                 b.token[n], b.pos[n], b.seq[n], b.logits[n] = slot.last, slot.n_past, slot.seq_id, 1
                 slot.out_idx = n
                 n += 1
                 in_batch.append(slot)
         prefilling = sorted(
-            (s for s in self.t.slots if s.job is not None and s.last < 0), key=_admitted
+            (s for s in self.t.slots if s.job is not None and s.last < 0 and id(s) not in waiting),
+            key=_admitted,
         )
         chunks = plan.plan_chunks(
             n,

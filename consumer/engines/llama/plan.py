@@ -90,6 +90,20 @@ def choose_preemption(waiting_priority: int | None, running: Sequence[Running]) 
     return best
 
 
+def stepping(priorities: Sequence[int], solo_urgent: bool) -> list[bool]:
+    """Which of the sequences that could step take part in this step.
+
+    On a CPU every sequence in a step slows every other one (the matrix work grows with the
+    batch), so an urgent request sharing a step with a low-tier backlog runs several times
+    slower than alone. With ``solo_urgent`` and an urgent sequence present, only urgent
+    sequences step; the others keep their KV and resume when no urgent one is left. On a
+    GPU a wider batch is nearly free, so the engine turns this off there.
+    """
+    if not solo_urgent or URGENT not in priorities:
+        return [True] * len(priorities)
+    return [p <= URGENT for p in priorities]
+
+
 def plan_chunks(
     n_generating: int, prefilling: Sequence[tuple[int, int]], n_batch: int
 ) -> list[Chunk]:
