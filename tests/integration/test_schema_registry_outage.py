@@ -1,10 +1,4 @@
-"""AFTER MERGE: rename to test_schema_registry_outage.py once the consumer's intake awaits
-``Codec.resolve`` and keeps records whose resolve raised a *retriable* DecodeError
-(SchemaRegistryUnavailable) waiting instead of dead-lettering them (engineer h9's intake).
-Until then the service decodes synchronously and dead-letters them, so this file is not
-collected (its name does not start with ``test_``).
-
-An unreachable registry delays records instead of dead-lettering them: the consumer's path
+"""An unreachable registry delays records instead of dead-lettering them: the consumer's path
 to the registry goes through a gate that hangs up on every connection; the consumer keeps
 trying (the gate counts it), nothing reaches the DLQ or the results topic; once the gate
 opens, every request is answered and nothing was dead-lettered.
@@ -63,7 +57,15 @@ async def test_an_unreachable_registry_delays_records_instead_of_dead_lettering_
             assert set((await end_offsets(boot, settings.dlq_topic)).values()) == {0}
             assert set((await end_offsets(boot, settings.results_topic)).values()) == {0}
             gate.open = True
-            results = await collect(boot, settings.results_topic, len(ids), timeout_s=120)
+            records = await collect(
+                boot, settings.results_topic, len(ids), timeout_s=120, decode=None
+            )
+        # Results carry the registry's id for the result schema: decode through it.
+        reader = build_codec(schema_registry)
+        results = []
+        for record in records:
+            await reader.resolve(record.value)
+            results.append(reader.decode_result(record.value))
         assert sorted(r.request_id for r in results) == sorted(ids)
         assert all(r.status is ResultStatus.OK for r in results)
         assert set((await end_offsets(boot, settings.dlq_topic)).values()) == {0}
