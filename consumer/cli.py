@@ -24,7 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "consumer.kafka.topics",
     "consumer.kafka.lag",
     "consumer.edge.replay",
-    "consumer.dev.devbroker",
+    "consumer.dev.devbroker_cli",
     "consumer.dev.demo",
     "consumer.edge.gateway",
     "consumer.dev.bench",

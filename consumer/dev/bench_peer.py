@@ -16,15 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import platform
-import shutil
-import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -41,113 +37,13 @@ from consumer.dev.bench import (
     bench_one,
     summarize,
 )
+from consumer.dev.benchproc import free_port
+from consumer.dev.llama_server import obtain_llama_server
 
 __all__ = ["obtain_llama_server", "register", "run_peer_bench"]
 
-LLAMA_CPP_VERSION = "0.3.36"
 PEER = "llama-server"
 OURS = "llama"
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("EXPLAINSTREAM_CACHE", Path.home() / ".cache" / "explainstream"))
-
-
-def _build_key(cmake_args: Sequence[str]) -> str:
-    """The binary depends on this CPU's flags (native kernels) and the CMake options."""
-    flags = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        flags = next((line for line in f if line.startswith("flags")), "")
-    digest = hashlib.md5((flags + " ".join(cmake_args)).encode()).hexdigest()[:12]
-    return f"{LLAMA_CPP_VERSION}-{digest}"
-
-
-def _sdist(say: Callable[[str], None]) -> Path:
-    """The pinned llama-cpp-python sdist, downloaded once with pip."""
-    folder = _cache_root() / "sdist"
-    name = f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
-    path = folder / name
-    if not path.is_file():
-        say(f"downloading the llama-cpp-python {LLAMA_CPP_VERSION} sdist with pip ...")
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                *(sys.executable, "-m", "pip", "download", "-q", "--no-deps"),
-                *("--no-binary", ":all:", "-d", str(folder)),
-                f"llama-cpp-python=={LLAMA_CPP_VERSION}",
-            ],
-            check=True,
-        )
-    return path
-
-
-def _extract_llama_cpp(sdist: Path, into: Path) -> Path:
-    """Unpack only the vendored llama.cpp sources (no vocab files, docs or git objects)."""
-    top = f"llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp/"
-    skip = ("docs/", "media/", "models/", ".git")
-    with tarfile.open(sdist) as tar:
-        members = [
-            m
-            for m in tar.getmembers()
-            if m.name.startswith(top) and not m.name[len(top) :].startswith(skip)
-        ]
-        tar.extractall(into, members=members, filter="data")
-    return into / top
-
-
-def obtain_llama_server(
-    cmake_args: Sequence[str] = (), jobs: int | None = None, say: Callable[[str], None] = print
-) -> tuple[Path, dict[str, Any]]:
-    """Path of a cached ``llama-server`` (building it on first use) and its build record."""
-    key = _build_key(cmake_args)
-    folder = _cache_root() / "llama-server" / key
-    binary = folder / "llama-server"
-    record_path = folder / "build.json"
-    if binary.is_file() and record_path.is_file():
-        return binary, {**json.loads(record_path.read_text()), "cached": True}
-    if shutil.which("cmake") is None:
-        raise SystemExit(
-            "bench peer: cmake builds llama-server; install it (apt-get install cmake)"
-        )
-    sdist = _sdist(say)
-    jobs = jobs or os.cpu_count() or 1
-    with tempfile.TemporaryDirectory(prefix="explainstream-llama-server-") as tmp:
-        src = _extract_llama_cpp(sdist, Path(tmp))
-        build = Path(tmp) / "build"
-        configure = [
-            "cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-            "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TOOLS=ON",
-            "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_CURL=OFF",
-            "-DLLAMA_OPENSSL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_UI=OFF",
-            *cmake_args,
-        ]  # fmt: skip
-        say(f"building llama-server from llama-cpp-python {LLAMA_CPP_VERSION}'s llama.cpp ...")
-        t0 = time.monotonic()
-        subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(
-            ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(jobs)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        build_s = time.monotonic() - t0
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(build / "bin" / "llama-server", binary)
-    record = {
-        "llama_cpp_python": LLAMA_CPP_VERSION,
-        "cmake_args": list(cmake_args),
-        "build_s": round(build_s, 1),
-        "jobs": jobs,
-        "cpus": os.cpu_count(),
-    }
-    record_path.write_text(json.dumps(record))
-    say(f"llama-server built in {build_s:.0f} s with {jobs} jobs (cached in {folder})")
-    return binary, {**record, "cached": False}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -161,7 +57,7 @@ async def _peer_server(
     gpu_layers: int,
 ) -> AsyncIterator[str]:
     """Run llama-server on a free loopback port until the block ends; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     args = [
         str(binary), "-m", model, "-t", str(threads[0]), "-tb", str(threads[1]), "-np", str(slots),
         "-c", str(n_ctx), "-b", str(n_batch), "-ngl", str(gpu_layers),

@@ -127,7 +127,7 @@ async def run_demo(
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from consumer.dev.devbroker import local_run_settings
+    from consumer.dev.localkafka import local_run_settings
 
     overrides: dict[str, Any] = {"engine": args.engine} if args.engine else {}
     with local_run_settings("demo", **overrides) as settings:

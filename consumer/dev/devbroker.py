@@ -13,27 +13,22 @@ Single nodes can be frozen, thawed, killed and restarted on their data (fault te
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from consumer.dev.brokersec import BrokerSecurity
 from consumer.dev.kafkajars import KAFKA_VERSION, DevBrokerError, fetch_jars, find_java
 
 if TYPE_CHECKING:
-    from consumer.config import Settings
+    pass
 
 __all__ = [
     "KAFKA_VERSION",
@@ -41,9 +36,6 @@ __all__ = [
     "DevBrokerError",
     "fetch_jars",
     "find_java",
-    "local_kafka",
-    "local_run_settings",
-    "register",
 ]
 
 _CONTROLLER_PORT_OFFSET = 1000
@@ -382,45 +374,6 @@ class DevBroker:
         return len(pids)
 
 
-@contextlib.contextmanager
-def local_kafka(purpose: str) -> Iterator[str | None]:
-    """For one-command local runs (demo, benchmarks): ``None`` when KAFKA_BOOTSTRAP_SERVERS
-    is set (use that cluster), else a single-node broker on free ports in a temporary data
-    directory, yielding its bootstrap address; stopped and deleted on exit."""
-    if "KAFKA_BOOTSTRAP_SERVERS" in os.environ:
-        yield None
-        return
-    data_dir = Path(tempfile.mkdtemp(prefix=f"explainstream-{purpose}-"))
-    broker = DevBroker(data_dir, port=free_port_block(1))
-    try:
-        print("starting a local Apache Kafka broker ...", file=sys.stderr)
-        yield broker.start()
-    finally:
-        broker.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def local_run_settings(purpose: str, **overrides: Any) -> Iterator[Settings]:
-    """Settings for a one-command local run (demo, benchmarks) on :func:`local_kafka`.
-
-    HTTP and metrics listen on ephemeral loopback ports unless ``overrides`` say otherwise,
-    and aiokafka's start-up noise (coordinator not yet elected) is silenced.
-    """
-    import logging
-
-    from consumer.config import Settings
-
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    overrides.setdefault("http_port", 0)
-    overrides.setdefault("metrics_port", 0)
-    overrides.setdefault("http_host", "127.0.0.1")
-    with local_kafka(purpose) as bootstrap:
-        if bootstrap is not None:
-            overrides.update(kafka_bootstrap_servers=bootstrap, kafka_partitions=1)
-        yield Settings.from_env(**overrides)
-
-
 def _reap(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ChildProcessError, OSError):
@@ -436,73 +389,3 @@ def _cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cluster_id.startswith("-"):
             return cluster_id
-
-
-def _security(args: argparse.Namespace) -> BrokerSecurity | None:
-    if args.security_protocol == "PLAINTEXT":
-        return None
-    missing = [
-        flag
-        for flag, value in (
-            ("--ssl-keystore", args.ssl_keystore),
-            ("--ssl-key-password", args.ssl_key_password),
-            ("--ssl-ca", args.ssl_ca),
-            ("--scram-user", args.scram_user),
-        )
-        if not value
-    ]
-    if missing:
-        raise DevBrokerError(f"--security-protocol SASL_SSL needs {', '.join(missing)}")
-    return BrokerSecurity(
-        keystore_pem=Path(args.ssl_keystore),
-        key_password=args.ssl_key_password,
-        truststore_pem=Path(args.ssl_ca),
-        users=BrokerSecurity.parse_users(args.scram_user),
-    )
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    try:
-        broker = DevBroker(
-            Path(args.data_dir), port=args.port, brokers=args.brokers, security=_security(args)
-        )
-        if args.action == "start":
-            was_up = broker.is_up()
-            address = broker.start()
-            note = "already running" if was_up else "started"
-            print(f"{note}: {address}", file=sys.stderr)
-            print(address)
-        elif args.action == "stop":
-            count = broker.stop()
-            print(f"stopped {count} node(s)" if count else "not running", file=sys.stderr)
-        else:
-            if broker.is_up():
-                print(broker.bootstrap)
-            else:
-                print("down")
-                return 3
-    except DevBrokerError as exc:
-        print(f"explainstream dev-broker: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``dev-broker start|stop|status`` to the CLI."""
-    p = subparsers.add_parser("dev-broker", help="run a real local Apache Kafka (KRaft)")
-    p.add_argument("action", choices=["start", "stop", "status"])
-    p.add_argument("--brokers", type=int, default=1, choices=[1, 3])
-    p.add_argument("--port", type=int, default=9092, help="first broker port")
-    p.add_argument("--data-dir", default=str(default_data_dir()))
-    sec = p.add_argument_group("SASL_SSL (SCRAM-SHA-512) on the client listener")
-    sec.add_argument("--security-protocol", choices=["PLAINTEXT", "SASL_SSL"], default="PLAINTEXT")
-    sec.add_argument("--ssl-keystore", help="PEM: encrypted PKCS#8 key + certificate chain")
-    sec.add_argument("--ssl-key-password", help="password of the keystore's private key")
-    sec.add_argument("--ssl-ca", help="PEM CA certificate(s) the brokers trust")
-    sec.add_argument(
-        "--scram-user",
-        action="append",
-        metavar="NAME:PASSWORD",
-        help="SCRAM-SHA-512 user created at format (repeat; the first is inter-broker)",
-    )
-    p.set_defaults(func=_cmd)

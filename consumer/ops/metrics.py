@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -23,11 +21,12 @@ from prometheus_client import (
     Histogram,
     Info,
     ProcessCollector,
-    Summary,
     generate_latest,
 )
 
+from consumer.ops.compute_metrics import ComputeMetrics
 from consumer.ops.gpu import GpuProbe
+from consumer.ops.lagseconds import LagSecondsEstimator
 
 if TYPE_CHECKING:
     from consumer.kafka.lag import LagReport
@@ -47,44 +46,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class LagSecondsEstimator:
-    """Estimated seconds of queued work per tier: lag x recent mean service time.
-
-    Pure: feed it service times with :meth:`observe`; :meth:`estimate` converts a lag in
-    records to seconds. A tier with no recent observations borrows the mean over all tiers,
-    and with none at all ``default_service_s``. ``parallelism`` divides the result (e.g. the
-    number of engine slots) to express time-to-drain for one instance.
-    """
-
-    def __init__(self, window: int = 100, default_service_s: float = 1.0) -> None:
-        if window < 1:
-            raise ValueError("window must be >= 1")
-        self._window = window
-        self._default = default_service_s
-        self._samples: dict[str, deque[float]] = {}
-
-    def observe(self, tier: str, service_s: float) -> None:
-        """Record one request's service (processing) time in seconds."""
-        if service_s < 0 or math.isnan(service_s):
-            return
-        self._samples.setdefault(tier, deque(maxlen=self._window)).append(service_s)
-
-    def mean(self, tier: str) -> float:
-        """Recent mean service time of ``tier`` (with the fallbacks described above)."""
-        own = self._samples.get(tier)
-        if own:
-            return sum(own) / len(own)
-        every = [s for q in self._samples.values() for s in q]
-        if every:
-            return sum(every) / len(every)
-        return self._default
-
-    def estimate(self, tier: str, lag: int, parallelism: int = 1) -> float:
-        """Seconds of work represented by ``lag`` records of ``tier``."""
-        return max(lag, 0) * self.mean(tier) / max(parallelism, 1)
-
-
-class Metrics:
+class Metrics(ComputeMetrics):
     """All consumer metrics in one registry (a fresh one unless ``registry`` is given)."""
 
     def __init__(
@@ -297,59 +259,6 @@ class Metrics:
     def set_tokens_per_second(self, value: float) -> None:
         """Recent generation throughput."""
         self.tokens_per_second.set(value)
-
-    # -- compute accounting (engine time charged per request; COST_PER_GPU_HOUR) ---------
-
-    _compute_series: tuple[Counter, Counter, Summary] | None = None
-
-    def _compute(self) -> tuple[Counter, Counter, Summary]:
-        # Created on first use so this block is self-contained; every tier starts at zero.
-        if self._compute_series is None:
-            reg = self.registry
-            seconds = Counter(
-                "explainstream_compute_seconds",
-                "Engine compute time charged to requests (step time / sequences in the step)",
-                ["priority"],
-                registry=reg,
-            )
-            cost = Counter(
-                "explainstream_compute_cost",
-                "Cost of that compute at COST_PER_GPU_HOUR (currency units)",
-                ["priority"],
-                registry=reg,
-            )
-            per_request = Summary(
-                "explainstream_request_cost",
-                "Cost per request at COST_PER_GPU_HOUR (_sum / _count = mean cost per request)",
-                ["priority"],
-                registry=reg,
-            )
-            for tier in TIERS:
-                seconds.labels(priority=tier)
-                cost.labels(priority=tier)
-                per_request.labels(priority=tier)
-            self._compute_series = (seconds, cost, per_request)
-        return self._compute_series
-
-    @staticmethod
-    def request_cost(compute_s: float, cost_per_gpu_hour: float | None) -> float | None:
-        """What ``compute_s`` seconds of engine time cost (None without a price)."""
-        if cost_per_gpu_hour is None or compute_s < 0:
-            return None
-        return compute_s / 3600.0 * cost_per_gpu_hour
-
-    def observe_compute(
-        self, tier: str, compute_s: float, cost_per_gpu_hour: float | None = None
-    ) -> None:
-        """Charge one finished request's compute (and its cost, when priced) to ``tier``."""
-        seconds, cost, per_request = self._compute()
-        if compute_s < 0 or math.isnan(compute_s):
-            return
-        seconds.labels(priority=tier).inc(compute_s)
-        price = self.request_cost(compute_s, cost_per_gpu_hour)
-        if price is not None:
-            cost.labels(priority=tier).inc(price)
-            per_request.labels(priority=tier).observe(price)
 
     # -- reliability --------------------------------------------------------------------
 

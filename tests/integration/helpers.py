@@ -10,8 +10,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumer.config import Settings
+from consumer.engines.base import GenerationRequest, GenerationResult
+from consumer.engines.fake import FakeEngine
 from consumer.kafka.topics import ensure_service_topics
 from schemas.codec import Codec
+from schemas.errors import EngineError
 from schemas.models import AnalysisContext, ExplanationRequest, ExplanationResult
 
 CODEC = Codec()
@@ -151,3 +154,17 @@ async def wait_committed(settings: Settings, tier: str, timeout_s: float = 30.0)
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"committed {got} never reached end offsets {ends}")
+
+
+class FlakyEngine(FakeEngine):
+    """Fails every attempt while ``healthy`` is False."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.healthy = False
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        if not self.healthy:
+            await asyncio.sleep(0.01)
+            raise EngineError("GPU fell off the bus", retriable=True)
+        return await super().generate(request)

@@ -16,14 +16,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from consumer.config import Settings
-from consumer.engines.base import GenerationRequest, GenerationResult
-from consumer.engines.fake import FakeEngine
 from consumer.kafka.topics import ensure_topics, settings_connection
 from consumer.runtime.service import ConsumerService
-from schemas.errors import EngineError
 from schemas.models import ResultStatus
 from tests.integration.helpers import (
     CODEC,
+    FlakyEngine,
     collect,
     committed,
     end_offsets,
@@ -193,21 +191,6 @@ async def test_reply_to_routes_the_result(make_settings: Callable[..., Settings]
     assert results[0].request_id == request.request_id
 
 
-class _FlakyEngine(FakeEngine):
-    """A fake engine that fails every attempt while ``healthy`` is False."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.healthy = False
-        self.calls_while_open: list[float] = []
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        if not self.healthy:
-            await asyncio.sleep(0.01)
-            raise EngineError("GPU fell off the bus", retriable=True)
-        return await super().generate(request)
-
-
 async def test_open_breaker_pauses_intake_then_recovers(
     make_settings: Callable[..., Settings],
 ) -> None:
@@ -224,7 +207,7 @@ async def test_open_breaker_pauses_intake_then_recovers(
         )
     )
     boot = settings.kafka_bootstrap_servers
-    engine = _FlakyEngine(settings)
+    engine = FlakyEngine(settings)
     requests = [make_request(i) for i in range(40)]
     await produce_requests(boot, settings.request_topics()["normal"], requests)
     async with ConsumerService(settings, engine=engine) as svc:
@@ -259,7 +242,7 @@ async def test_failed_after_retry_budget(make_settings: Callable[..., Settings])
         make_settings(retry_attempts=2, retry_backoff_ms=1, breaker_min_calls=1000)
     )
     boot = settings.kafka_bootstrap_servers
-    engine = _FlakyEngine(settings)
+    engine = FlakyEngine(settings)
     request = make_request(1)
     await produce_requests(boot, settings.request_topics()["normal"], [request])
     async with ConsumerService(settings, engine=engine):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.dev.devbroker import local_kafka
+from consumer.dev.localkafka import local_kafka
 from tests.integration.helpers import end_offsets, produce
 
 pytestmark = pytest.mark.kafka

@@ -25,6 +25,7 @@ from schemas.codec import Codec
 from schemas.errors import DecodeError, EngineError
 from schemas.models import ExplanationRequest, ResultStatus
 from tests.integration.helpers import (
+    FlakyEngine,
     collect,
     end_offsets,
     make_request,
@@ -36,20 +37,6 @@ from tests.integration.helpers import (
 )
 
 pytestmark = pytest.mark.kafka
-
-
-class _FlakyEngine(FakeEngine):
-    """Fails every attempt while ``healthy`` is False."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.healthy = False
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        if not self.healthy:
-            await asyncio.sleep(0.01)
-            raise EngineError("GPU fell off the bus", retriable=True)
-        return await super().generate(request)
 
 
 def _expired(i: int) -> ExplanationRequest:
@@ -73,7 +60,7 @@ async def test_half_open_breaker_is_not_wedged_by_requests_that_never_reach_the_
     )
     boot = settings.kafka_bootstrap_servers
     topics = settings.request_topics()
-    engine = _FlakyEngine(settings)
+    engine = FlakyEngine(settings)
     failing = [make_request(i) for i in range(2)]
     expired = [_expired(100 + i) for i in range(4)]
     valid = [make_request(200 + i) for i in range(3)]
