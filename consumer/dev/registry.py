@@ -17,17 +17,15 @@ Storage is in memory (H2); the Confluent-compatible API is ``<url>/apis/ccompat/
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from consumer.dev.devbroker import find_java
+from consumer.dev.devbroker import find_java, free_port
 from schemas.errors import ExplainstreamError
 
 __all__ = ["APICURIO_VERSION", "ApicurioRegistry", "RegistryLaunchError", "fetch_registry"]
@@ -173,12 +171,6 @@ def fetch_registry(cache_dir: Path | None = None, *, quiet: bool = False) -> Pat
     return runner
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ApicurioRegistry:
     """One Apicurio Registry process on loopback with in-memory storage.
 
@@ -188,7 +180,7 @@ class ApicurioRegistry:
 
     def __init__(self, log_path: Path, *, port: int | None = None) -> None:
         self.log_path = log_path
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumer.dev.devbroker import DevBroker
+from consumer.dev.devbroker import DevBroker, free_port
 from tests.integration.helpers import make_request
-from tests.reliability.brokers import dedicated_broker, free_port
+from tests.reliability.brokers import dedicated_broker
 from tests.reliability.conftest import ScenarioFactory, alo_bound
 from tests.reliability.proxy import FaultProxy
 
