@@ -100,6 +100,14 @@ class BatchLoop:
             if self._c.busy_slots:
                 self._step(t0, c0)
 
+    def drain_inbox(self) -> None:
+        """Drop undelivered messages (after a start that never ran the loop)."""
+        while True:
+            try:
+                self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
     def _pump(self, block: bool) -> bool:
         first = True
         while True:
