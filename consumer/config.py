@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     n_threads: int = Field(0, ge=0)  # 0: all cores
     kv_cache_type: str = Field("f16", pattern=r"^(f32|f16|q8_0|q4_0|q4_1|q5_0|q5_1)$")
     seq_budget_tokens: int = Field(1024, ge=64)
+    # Prompt chunks are cut so one decode step takes about this long (0: only N_BATCH cuts):
+    # a request arriving mid-step, an urgent one above all, waits for the step to end.
+    max_step_ms: float = Field(250.0, ge=0)
     warmup_on_start: bool = True  # one tiny generation per profile before joining the group
     fake_latency_ms: float = Field(0.0, ge=0)
     fake_failure_rate: float = Field(0.0, ge=0, le=1)

@@ -86,6 +86,8 @@ async def _round(
     return {
         "idle_ms": kit.latencies_ms(collector.arrivals, idle_sent),
         "loaded_ms": kit.latencies_ms(collector.arrivals, loaded_sent),
+        "idle_breakdown": kit.breakdown_ms(collector.arrivals, idle_sent),
+        "loaded_breakdown": kit.breakdown_ms(collector.arrivals, loaded_sent),
         "low_done_during_loaded": low_done,
         "saturated": low_done < len(low),
         "engine_status": stats.get("engine", {}),
@@ -107,9 +109,22 @@ def _summary(engine: str, cfg: dict[str, Any], rounds: list[dict[str, Any]]) -> 
         "idle_ms": idle,
         "loaded_ms": loaded,
     }
+    for phase in ("idle", "loaded"):
+        parts = sorted(
+            (b for r in rounds for b in r.get(f"{phase}_breakdown", [])),
+            key=lambda b: b["total_ms"],
+        )
+        out[f"{phase}_breakdown_mean"] = _mean_parts(parts)
+        # The slowest tenth (at least one): what the p95 is made of.
+        out[f"{phase}_breakdown_tail"] = _mean_parts(parts[-max(1, len(parts) // 10) :])
     out["p95_loaded_over_idle"] = kit.ratio(percentile(loaded, 95), percentile(idle, 95))
     out["p50_loaded_over_idle"] = kit.ratio(percentile(loaded, 50), percentile(idle, 50))
     return out
+
+
+def _mean_parts(parts: list[dict[str, float]]) -> dict[str, float]:
+    keys = ("total_ms", "engine_ms", "compute_ms", "outside_ms")
+    return {k: round(sum(p[k] for p in parts) / len(parts), 1) if parts else 0.0 for k in keys}
 
 
 def run_priority_bench(
@@ -172,6 +187,25 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"\n{e} engine counters at the end of each loaded phase: preemptions {pre}, "
                 f"mean sequences per decode step {seqs}."
+            )
+    for e, s in report["engines"].items():
+        if "loaded_breakdown_tail" not in s:
+            continue
+        lines.append(f"\n{e}: where urgent latency goes (mean ms; total = engine + outside)")
+        lines.append("")
+        lines.append(
+            "| requests | total | engine (slot to last token) | of which compute | outside |"
+        )
+        lines.append("|---|---:|---:|---:|---:|")
+        for label, key in (
+            ("idle, all", "idle_breakdown_mean"),
+            ("loaded, all", "loaded_breakdown_mean"),
+            ("loaded, slowest tenth", "loaded_breakdown_tail"),
+        ):
+            b = s[key]
+            lines.append(
+                f"| {label} | {b['total_ms']:.0f} | {b['engine_ms']:.0f} "
+                f"| {b['compute_ms']:.0f} | {b['outside_ms']:.0f} |"
             )
     lines += ["", "Goal: urgent p95 under load <= 2x idle."]
     return "\n".join(lines)

@@ -300,6 +300,34 @@ def latencies_ms(arrivals: Sequence[Arrival], sent_ms: Mapping[bytes, int]) -> l
     return [float(a.timestamp_ms - sent_ms[a.key]) for a in arrivals if a.key in sent_ms]
 
 
+def breakdown_ms(
+    arrivals: Sequence[Arrival], sent_ms: Mapping[bytes, int]
+) -> list[dict[str, float]]:
+    """Where each sent request's latency went, from its result record.
+
+    ``total_ms`` (result CreateTime - request CreateTime), ``engine_ms`` (the engine's
+    ``processing_time_ms``: for the llama engine from taking a slot to the last token),
+    ``compute_ms`` (decode time charged to it) and ``outside_ms`` (the rest: Kafka both
+    ways, intake, scheduler, waiting for a slot or for the step in progress, publishing).
+    """
+    codec = _codec()
+    out = []
+    for a in arrivals:
+        if a.key not in sent_ms:
+            continue
+        r = codec.decode_result(a.value)
+        total = float(a.timestamp_ms - sent_ms[a.key])
+        out.append(
+            {
+                "total_ms": total,
+                "engine_ms": r.processing_time_ms,
+                "compute_ms": r.compute_ms if r.compute_ms is not None else float("nan"),
+                "outside_ms": total - r.processing_time_ms,
+            }
+        )
+    return out
+
+
 def common_args(p: argparse.ArgumentParser) -> None:
     """``--json`` and ``--no-progress`` on a bench subcommand."""
     p.add_argument("--json", action="store_true", help="print one JSON object (else markdown)")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from consumer.engines.llama.plan import (
+    MIN_PROMPT_CHUNK,
+    URGENT_RECENT_S,
     Chunk,
     KvFullAction,
     Running,
+    bound_steps,
     choose_admissions,
     choose_preemption,
     default_threads,
     free_old_first,
     on_kv_full,
     plan_chunks,
+    prompt_room,
 )
 
 
@@ -121,3 +125,32 @@ def test_urgent_sequences_step_alone_on_a_cpu() -> None:
     assert stepping([3, 2], solo_urgent=True) == [True, True]
     assert stepping([3, 0, 2], solo_urgent=False) == [True, True, True]
     assert stepping([], solo_urgent=True) == []
+
+
+def test_prompt_room_is_the_rest_of_the_batch_without_a_time_bound() -> None:
+    assert prompt_room(512, 8, 0.0, 0.005) == 504
+    assert prompt_room(512, 8, 0.25, 0.0) == 504  # nothing measured yet
+    assert prompt_room(8, 8, 0.25, 0.005) == 0
+
+
+def test_prompt_room_cuts_a_slow_step_to_the_time_bound() -> None:
+    # 5 ms per token, 250 ms per step: 50 tokens, 4 of them generating.
+    assert prompt_room(512, 4, 0.25, 0.005) == 46
+    # A fast device: the batch binds first.
+    assert prompt_room(512, 4, 0.25, 0.00001) == 508
+
+
+def test_prompt_room_always_lets_a_prompt_progress() -> None:
+    assert prompt_room(512, 60, 0.25, 0.005) == MIN_PROMPT_CHUNK
+    assert prompt_room(20, 10, 0.25, 0.005) == 10  # but never past the batch
+
+
+def test_steps_are_bounded_only_while_urgent_traffic_is_recent() -> None:
+    assert not bound_steps(100.0, None, prompts_all_urgent=False)
+    assert bound_steps(100.0, 90.0, prompts_all_urgent=False)
+    assert bound_steps(100.0, 100.0 - URGENT_RECENT_S, prompts_all_urgent=False)
+    assert not bound_steps(100.0, 99.0 - URGENT_RECENT_S, prompts_all_urgent=False)
+
+
+def test_urgent_prompts_are_not_cut() -> None:
+    assert not bound_steps(100.0, 99.0, prompts_all_urgent=True)

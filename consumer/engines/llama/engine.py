@@ -62,6 +62,7 @@ class LlamaEngine:
             self._n_slots, self._batch, self._seq_budget, self._counters, self._swap_model
         )
         self._loop.solo_urgent = settings.n_gpu_layers == 0
+        self._loop.max_step_s = settings.max_step_ms / 1000.0
         self._thread: threading.Thread | None = None
         self._prep: ThreadPoolExecutor | None = None
         self._start_lock = asyncio.Lock()

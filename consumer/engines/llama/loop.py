@@ -56,6 +56,12 @@ class BatchLoop:
         self._pieces: Pieces | None = None
         #: Urgent sequences step alone while any runs (CPU only; see plan.stepping).
         self.solo_urgent = False
+        #: MAX_STEP_MS in seconds: prompt chunks are cut so a step takes about this long.
+        self.max_step_s = 0.0
+        #: Measured seconds per batch token of multi-token steps (moving average).
+        self.s_per_token = 0.0
+        #: When the last urgent request arrived (monotonic), None before the first.
+        self.last_urgent: float | None = None
 
     @property
     def m(self) -> NativeModel | None:
@@ -117,6 +123,8 @@ class BatchLoop:
                 return True
             first = False
             if kind == "submit":
+                if payload.request.priority <= plan.URGENT:
+                    self.last_urgent = time.monotonic()
                 self.t.push(payload)
             elif kind == "reload":
                 self._draining.append(payload)
@@ -147,10 +155,17 @@ class BatchLoop:
             (s for s in self.t.slots if s.job is not None and s.last < 0 and id(s) not in waiting),
             key=_admitted,
         )
+        all_urgent = all(
+            s.job is not None and s.job.request.priority <= plan.URGENT for s in prefilling
+        )
+        bound = plan.bound_steps(time.monotonic(), self.last_urgent, all_urgent)
+        room = plan.prompt_room(
+            self._n_batch, n, self.max_step_s if bound else 0.0, self.s_per_token
+        )
         chunks = plan.plan_chunks(
             n,
             [(i, len(s.tokens) - s.fed) for i, s in enumerate(prefilling) if s.tokens is not None],
-            self._n_batch,
+            n + room,
         )
         fed: list[tuple[Slot, int]] = []
         for ch in chunks:
@@ -220,6 +235,9 @@ class BatchLoop:
         if ran is None:
             return
         n, in_batch, fed, decode_s, decode_cpu = ran
+        if n >= plan.MIN_PROMPT_CHUNK:
+            cost = decode_s / n
+            self.s_per_token = cost if not self.s_per_token else 0.8 * self.s_per_token + 0.2 * cost
         for slot, take in fed:
             slot.fed += take
             slot.n_past += take

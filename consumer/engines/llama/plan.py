@@ -19,15 +19,19 @@ from enum import Enum
 import numpy as np
 
 __all__ = [
+    "MIN_PROMPT_CHUNK",
     "URGENT",
+    "URGENT_RECENT_S",
     "Chunk",
     "KvFullAction",
     "Running",
+    "bound_steps",
     "choose_admissions",
     "choose_preemption",
     "default_threads",
     "on_kv_full",
     "plan_chunks",
+    "prompt_room",
     "reusable_prefix",
 ]
 
@@ -102,6 +106,44 @@ def stepping(priorities: Sequence[int], solo_urgent: bool) -> list[bool]:
     if not solo_urgent or URGENT not in priorities:
         return [True] * len(priorities)
     return [p <= URGENT for p in priorities]
+
+
+#: Prompt tokens a step carries at least, however slow they are, so prompts progress.
+MIN_PROMPT_CHUNK = 16
+
+#: Steps are bounded in time while an urgent request arrived this recently (seconds).
+URGENT_RECENT_S = 60.0
+
+
+def bound_steps(now: float, last_urgent: float | None, prompts_all_urgent: bool) -> bool:
+    """Whether this step's prompt chunks are cut to MAX_STEP_MS (see :func:`prompt_room`).
+
+    Only while urgent traffic is around: an urgent request arrived in the last
+    ``URGENT_RECENT_S`` seconds. Cutting costs throughput (more, smaller steps: 0.94x -> 0.81x
+    of llama-server at 8 sequences when always on), and without urgent traffic no arrival is
+    worth it. Steps whose prompts are all urgent are not cut: they are the work the bound
+    protects.
+    """
+    if prompts_all_urgent or last_urgent is None:
+        return False
+    return now - last_urgent <= URGENT_RECENT_S
+
+
+def prompt_room(n_batch: int, n_generating: int, max_step_s: float, s_per_token: float) -> int:
+    """How many prompt tokens this step may carry.
+
+    ``n_batch`` bounds the whole batch. With ``max_step_s`` > 0 and a measured cost per batch
+    token (``s_per_token``; 0 before the first measurement), prompt chunks are also cut so
+    the step takes about ``max_step_s``: a step cannot be interrupted, so a request that
+    arrives meanwhile waits for it to end. On the 2-core development machine a 269-token
+    prompt step took 1.75 s; on a GPU the cost per token is small enough that ``n_batch``
+    binds first.
+    """
+    room = max(0, n_batch - n_generating)
+    if max_step_s <= 0 or s_per_token <= 0:
+        return room
+    by_time = int(max_step_s / s_per_token) - n_generating
+    return min(room, max(MIN_PROMPT_CHUNK, by_time))
 
 
 def plan_chunks(
