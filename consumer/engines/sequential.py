@@ -13,7 +13,9 @@ import asyncio
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +29,8 @@ from consumer.engines.base import (
 )
 from consumer.engines.prompts import build_messages, list_profiles, system_prompt
 from schemas.errors import DeadlineExceeded, EngineError, ModelLoadError, RequestRejected
+
+_T = TypeVar("_T")
 
 __all__ = ["SequentialEngine"]
 
@@ -50,6 +54,7 @@ class SequentialEngine:
         self._busy_s = 0.0
         self._in_flight = 0
         self._waiting = 0
+        self._worker: ThreadPoolExecutor | None = None
 
     @property
     def slots(self) -> int:
@@ -66,16 +71,29 @@ class SequentialEngine:
         """Load the model (idempotent)."""
         async with self._lock:
             if self._llm is None:
-                self._llm, self._info, self._eog = await asyncio.to_thread(
-                    self._load, self._model_path
-                )
+                self._llm, self._info, self._eog = await self._call(self._load, self._model_path)
 
     async def stop(self) -> None:
         """Release the model."""
         async with self._lock:
             llm, self._llm = self._llm, None
             if llm is not None:
-                await asyncio.to_thread(llm.close)
+                await self._call(llm.close)
+            worker, self._worker = self._worker, None
+            if worker is not None:
+                # Its thread ends, and with it the OpenMP team llama.cpp kept for it.
+                await asyncio.to_thread(worker.shutdown, True)
+
+    def _call(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """Run ``fn`` on this engine's one llama.cpp thread.
+
+        Every load, generation and close runs on the same thread: llama.cpp's OpenMP build
+        keeps a worker team per calling thread, and teams left docked on other threads make
+        libgomp throttle the active team's barrier spin (see the llama engine's loop thread).
+        """
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="sequential-llama")
+        return asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     def _load(self, path: str) -> tuple[Any, ModelInfo, list[int]]:
         model_files.validate_model_file(path)
@@ -129,9 +147,7 @@ class SequentialEngine:
                 raise DeadlineExceeded(f"request {request.request_id} expired in queue")
             self._in_flight = 1
             cancel = threading.Event()
-            running = asyncio.ensure_future(
-                asyncio.to_thread(self._run, self._llm, request, cancel)
-            )
+            running = self._call(self._run, self._llm, request, cancel)
             # The lock belongs to the worker thread from here: only its end releases it, so a
             # cancelled caller never lets the next request (or reload/stop) onto a busy Llama.
             running.add_done_callback(self._thread_done)
@@ -153,8 +169,8 @@ class SequentialEngine:
         self._lock.release()
 
     def alive(self) -> bool:
-        """No long-lived worker: each generation runs in its own thread and reports its
-        failure as EngineError, so the engine itself is always alive."""
+        """Always True: the one worker thread outlives a failed generation, which reports
+        its failure as EngineError."""
         return True
 
     def _run(
@@ -227,11 +243,11 @@ class SequentialEngine:
         path = model_files.resolve_model_path(model_path or self._model_path)
         model_files.validate_model_file(path)
         async with self._lock:
-            loaded = await asyncio.to_thread(self._load, path)
+            loaded = await self._call(self._load, path)
             old, (self._llm, self._info, self._eog) = self._llm, loaded
             self._model_path = path
             if old is not None:
-                await asyncio.to_thread(old.close)
+                await self._call(old.close)
 
     def stats(self) -> dict[str, Any]:
         """Counters for /status and /admin/stats."""

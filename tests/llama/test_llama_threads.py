@@ -67,3 +67,25 @@ async def test_a_start_cancelled_while_loading_stops_its_thread(settings_factory
         assert result.completion_tokens > 0
     finally:
         await engine.stop()
+
+
+async def test_the_sequential_engine_calls_llama_cpp_from_one_thread(
+    start_engine, monkeypatch
+) -> None:
+    import llama_cpp.llama_cpp as native_api
+
+    callers: list[str] = []
+    original = native_api.llama_decode
+
+    def recording(ctx: Any, batch: Any) -> int:
+        callers.append(threading.current_thread().name)
+        return int(original(ctx, batch))
+
+    monkeypatch.setattr(native_api, "llama_decode", recording)
+    engine = await start_engine("sequential")
+    for i in range(3):
+        await engine.generate(request(i, max_tokens=3))
+    assert len(callers) >= 9
+    assert len(set(callers)) == 1 and callers[0].startswith("sequential-llama"), set(callers)
+    await engine.stop()
+    assert not any(t.name.startswith("sequential-llama") for t in threading.enumerate())
