@@ -55,13 +55,14 @@ async def _peer_server(
     n_ctx: int,
     n_batch: int,
     gpu_layers: int,
+    extra: Sequence[str] = (),
 ) -> AsyncIterator[str]:
     """Run llama-server on a free loopback port until the block ends; yields its base URL."""
     port = free_port()
     args = [
         str(binary), "-m", model, "-t", str(threads[0]), "-tb", str(threads[1]), "-np", str(slots),
         "-c", str(n_ctx), "-b", str(n_batch), "-ngl", str(gpu_layers),
-        "--host", "127.0.0.1", "--port", str(port), "--no-webui",
+        "--host", "127.0.0.1", "--port", str(port), "--no-webui", *extra,
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
@@ -161,11 +162,13 @@ async def run_peer_bench(
     cmake_args: Sequence[str] = (),
     temperature: float = 0.1,
     progress: bool = True,
+    peer_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Load our engine once, start llama-server once with the same knobs, alternate rounds."""
     from consumer.config import Settings
     from consumer.engines import create_engine
     from consumer.engines import model as model_files
+    from consumer.engines.model import flash_attn_type
 
     say: Callable[[str], None] = (
         (lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None)
@@ -208,6 +211,7 @@ async def run_peer_bench(
             n_ctx,
             settings.n_batch,
             settings.n_gpu_layers,
+            peer_args,
         ) as url:
             # One warm-up request per profile on the peer too, as our engine's warmup does.
             await _peer_one(url, 1, 2, 4, temperature, _Sample([]), None)
@@ -248,6 +252,8 @@ async def run_peer_bench(
         "ignore_eos": True,
         "rounds": rounds,
         "llama_server": build,
+        "llama_server_args": list(peer_args),
+        "flash_attn": {"llama": settings.flash_attn, "resolved": flash_attn_type(settings)},
         "machine": _machine(),
         "date": time.strftime("%Y-%m-%d"),
         "runs": [asdict(r) for r in runs],
@@ -262,6 +268,13 @@ def _machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform()}
 
 
+def _fa_label(report: dict[str, Any]) -> str:
+    resolved = report.get("flash_attn", {}).get("resolved", -1)
+    ours = {0: "off", 1: "on"}.get(resolved, "llama.cpp's auto")
+    peer = " ".join(report.get("llama_server_args", [])) or "its defaults"
+    return f"{ours} (llama) / llama-server with {peer}"
+
+
 def format_peer_table(report: dict[str, Any]) -> str:
     """Markdown table: both sides per concurrency, then the ratio."""
     runs = [EngineRun(**r) for r in report["runs"]]
@@ -270,7 +283,8 @@ def format_peer_table(report: dict[str, Any]) -> str:
         f"model {report['model']['model_name']} ({report['model']['quantization']}), "
         f"threads {report['threads']}/{report.get('threads_batch', report['threads'])} "
         f"(token/batch), slots {report['slots']}, "
-        f"{report['max_tokens']} tokens, {report['rounds']} rounds",
+        f"{report['max_tokens']} tokens, {report['rounds']} rounds, flash attention "
+        f"{_fa_label(report)}",
         "",
         "| concurrency | llama-server tok/s | llama tok/s | ratio | llama-server expl/min "
         "| llama expl/min | llama-server p50/p95 s | llama p50/p95 s |",
@@ -302,6 +316,7 @@ def _cmd_peer(args: argparse.Namespace) -> int:
             cmake_args=args.cmake_arg,
             temperature=args.temperature,
             progress=not args.no_progress,
+            peer_args=args.peer_arg,
         )
     )
     if args.out:
@@ -323,6 +338,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", default=None, help="a llama-server binary to use as is")
     p.add_argument(
         "--cmake-arg", action="append", default=[], help="extra CMake option for the build"
+    )
+    p.add_argument(
+        "--peer-arg",
+        action="append",
+        default=[],
+        help="extra llama-server argument, repeatable (e.g. --peer-arg=-fa --peer-arg=off)",
     )
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--out", default=None, help="also write the JSON report to this file")

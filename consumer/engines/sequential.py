@@ -113,6 +113,7 @@ class SequentialEngine:
                 n_gpu_layers=model_files.gpu_layers_param(s.n_gpu_layers),
                 type_k=kv,
                 type_v=kv,
+                flash_attn=model_files.flash_attn_type(s) != 0,  # the bool API has no "auto"
                 verbose=s.debug,
             )
         except (ValueError, RuntimeError, OSError) as exc:

@@ -35,6 +35,9 @@ def test_defaults_match_the_contract() -> None:
         ({"MAX_QUEUE_SIZE": "4", "MAX_CONCURRENT_REQUESTS": "8"}, "MAX_QUEUE_SIZE"),
         ({"KAFKA_TOPIC_PREFIX": "bad prefix"}, "KAFKA_TOPIC_PREFIX"),
         ({"REQUEST_TIMEOUT": "-1"}, "REQUEST_TIMEOUT"),
+        ({"FLASH_ATTN": "maybe"}, "FLASH_ATTN"),
+        ({"FLASH_ATTN": "off", "KV_CACHE_TYPE": "q8_0"}, "FLASH_ATTN"),
+        ({"MAX_STEP_MS": "-5"}, "MAX_STEP_MS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -63,3 +66,19 @@ def test_consume_with_bad_config_exits_with_one_line() -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "MAX_CONCURRENT_REQUESTS" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, 0),  # CPU-only, f16 KV: off
+        ({"KV_CACHE_TYPE": "q8_0"}, -1),  # a quantized V cache needs it: llama.cpp decides
+        ({"N_GPU_LAYERS": "-1"}, -1),  # on a GPU llama.cpp decides
+        ({"FLASH_ATTN": "on"}, 1),
+        ({"FLASH_ATTN": "off", "N_GPU_LAYERS": "-1"}, 0),
+    ],
+)
+def test_flash_attention_follows_the_device_unless_set(env: dict[str, str], expected: int) -> None:
+    from consumer.engines.model import flash_attn_type
+
+    assert flash_attn_type(Settings.from_env(env)) == expected

@@ -198,6 +198,7 @@ def load_native(
         params.type_k = model_files.ggml_type(settings.kv_cache_type)
         params.type_v = model_files.ggml_type(settings.kv_cache_type)
         params.kv_unified = unified
+        params.flash_attn_type = model_files.flash_attn_type(settings)
         params.no_perf = True
         for key, value in shape.overrides.items():
             setattr(params, key, value)
