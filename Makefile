@@ -109,11 +109,11 @@ ci: lint test
 # docs/benchmarks/. `bench peer` builds llama-server once (cached), so its first run is longer.
 bench: $(VENV)/.installed
 	mkdir -p docs/benchmarks
-	$(BIN)/explainstream bench engine --engines llama,sequential --concurrency 1,2,4,8 \
-		--max-tokens 64 --requests 8 --json > docs/benchmarks/engine.json.tmp
+	$(BIN)/explainstream bench engine --engines llama,sequential --concurrency 1,8 --rounds 2 \
+		--json > docs/benchmarks/engine.json.tmp
 	mv docs/benchmarks/engine.json.tmp docs/benchmarks/engine.json
-	$(BIN)/explainstream bench peer --concurrency 1,8 --max-tokens 32 --rounds 1 --requests 8 \
-		--out docs/benchmarks/peer.json
+	$(BIN)/explainstream bench peer --out docs/benchmarks/peer.json
+	$(BIN)/explainstream bench peer --peer-arg=-fa --peer-arg=off --out docs/benchmarks/peer_fa_off.json
 	$(BIN)/explainstream bench pipeline --out docs/benchmarks/pipeline.json
 	$(BIN)/explainstream bench priority --out docs/benchmarks/priority.json
 	$(BIN)/explainstream bench memory --out docs/benchmarks/memory.json

@@ -154,7 +154,7 @@ async def run_engine_bench(
     progress: bool = True,
     rounds: int = 1,
 ) -> dict[str, Any]:
-    """Load every engine once, then run each concurrency level on each engine in turn.
+    """Run each concurrency level on each engine in turn, one engine loaded at a time.
 
     With ``rounds`` > 1 the whole plan repeats with the engine order reversed every other
     round, and each configuration's figures are pooled (tokens / wall time summed), so a
@@ -168,20 +168,21 @@ async def run_engine_bench(
     overrides.setdefault("max_queue_size", max(256, max(concurrency)))
     overrides.setdefault("max_tokens_limit", max(1024, max_tokens))
     plan = [(c, requests or max(8, 2 * c)) for c in concurrency]
-    loaded: list[Engine] = []
     total = rounds * len(engines) * sum(n for _, n in plan)
     bar = _Progress(total) if progress else None
     samples: dict[tuple[str, int], _Sample] = {}
-    try:
-        for name in engines:
-            engine = create_engine(Settings.from_env(engine=name, **overrides))
-            await engine.start()
-            await engine.warmup()
-            loaded.append(engine)
-        for r in range(max(1, rounds)):
-            order = loaded if r % 2 == 0 else list(reversed(loaded))
-            for c, n in plan:
-                for engine in order:
+    info = None
+    for r in range(max(1, rounds)):
+        order = list(engines) if r % 2 == 0 else list(reversed(engines))
+        for c, n in plan:
+            for name in order:
+                # One engine loaded at a time: llama.cpp's OpenMP build keeps a worker team per
+                # calling thread, and another engine's docked team throttles the running one's
+                # barrier spin (both engines measured 20-50 % slow side by side in one process).
+                engine = create_engine(Settings.from_env(engine=name, **overrides))
+                await engine.start()
+                try:
+                    await engine.warmup()
                     if bar is not None:
                         bar.label = f"{engine.name} c={c}"
                     acc = samples.setdefault((engine.name, c), _Sample([]))
@@ -190,10 +191,9 @@ async def run_engine_bench(
                         engine, c, n, max_tokens, temperature, bar.advance if bar else None, acc
                     )
                     acc.add_steps(before, engine.stats())
-        info = loaded[0].model_info() if loaded else None
-    finally:
-        for engine in loaded:
-            await engine.stop()
+                    info = info or engine.model_info()
+                finally:
+                    await engine.stop()
     runs = [
         summarize(
             name,

@@ -89,8 +89,8 @@ def test_reload_frees_the_old_model_first_only_when_both_would_not_fit() -> None
     assert not free_old_first(4 * gib, gib, None)  # unknown: keep the safe order
 
 
-def test_default_threads_leave_one_core_to_the_python_threads() -> None:
-    assert [default_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+def test_default_threads_use_every_usable_core() -> None:
+    assert [default_threads(n) for n in (0, 1, 2, 4, 16)] == [1, 1, 2, 4, 16]
 
 
 def test_a_cgroup_cpu_quota_caps_the_usable_cpus() -> None:

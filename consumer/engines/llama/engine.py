@@ -44,8 +44,6 @@ class LlamaEngine:
         self._n_batch = max(settings.n_batch, self._n_slots)
         cpus = model_files.usable_cpus()
         self._n_threads = settings.n_threads or plan.default_threads(cpus)
-        # Multi-token ubatches (prompts, several sequences) have enough work per barrier to
-        # use every core; single-token steps are where spinning workers lose.
         self._n_threads_batch = settings.n_threads or cpus
         self._seq_budget = model_files.seq_budget(settings)
         self._model_path = model_files.resolve_model_path(settings.model_path)
