@@ -25,9 +25,11 @@ from pydantic_settings import (
 from producer_sdk.connection import KafkaConnection
 from schemas.errors import ConfigError
 
-__all__ = ["TIERS", "Delivery", "EngineKind", "Settings"]
+__all__ = ["TIERS", "UNQUANTIZED_KV", "Delivery", "EngineKind", "Settings"]
 
 TIERS: tuple[str, ...] = ("urgent", "high", "normal", "low")
+#: KV cache types that need no flash attention (a quantized V cache does).
+UNQUANTIZED_KV: tuple[str, ...] = ("f16", "f32")
 
 
 class Delivery(StrEnum):
@@ -197,7 +199,7 @@ class Settings(BaseSettings):
             raise ConfigError("KAFKA_SASL_USERNAME", "username and password required for SASL")
         if self.kafka_ssl_cafile and not os.path.isfile(self.kafka_ssl_cafile):
             raise ConfigError("KAFKA_SSL_CAFILE", f"no such file {self.kafka_ssl_cafile!r}")
-        if self.flash_attn == "off" and self.kv_cache_type not in ("f16", "f32"):
+        if self.flash_attn == "off" and self.kv_cache_type not in UNQUANTIZED_KV:
             raise ConfigError(
                 "FLASH_ATTN", f"off needs KV_CACHE_TYPE f16 or f32 (got {self.kv_cache_type})"
             )

@@ -37,7 +37,7 @@ from consumer.dev.bench import (
     bench_one,
     summarize,
 )
-from consumer.dev.benchproc import free_port
+from consumer.dev.devbroker import free_port
 from consumer.dev.llama_server import obtain_llama_server
 
 __all__ = ["obtain_llama_server", "register", "run_peer_bench"]

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,14 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from consumer.dev.devbroker import free_port
+
 __all__ = ["ConsumerProcess", "consumer_env", "free_port"]
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ConsumerProcess:

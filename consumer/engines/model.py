@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from consumer.config import UNQUANTIZED_KV
 from consumer.engines.base import ModelInfo
 from schemas.errors import ModelLoadError
 
@@ -170,7 +171,7 @@ def flash_attn_type(settings: Settings) -> int:
         return 1
     if settings.flash_attn == "off":
         return 0
-    if settings.n_gpu_layers == 0 and settings.kv_cache_type in ("f16", "f32"):
+    if settings.n_gpu_layers == 0 and settings.kv_cache_type in UNQUANTIZED_KV:
         return 0
     return -1
 

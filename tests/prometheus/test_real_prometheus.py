@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumer.dev.devbroker import free_port
 from tests.integration.helpers import make_request, produce, produce_requests
 from tests.prometheus.promql import (
     RULES,
@@ -93,12 +93,6 @@ def nvmlDeviceGetUtilizationRates(handle):
 def nvmlDeviceGetName(handle):
     return b"Simulated GPU"
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tail(log: Path) -> str:
