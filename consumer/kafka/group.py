@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -10,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer.config import Settings
+from consumer.kafka.committed import guard_offset_fetches
 from schemas.errors import KafkaUnavailable
 
 __all__ = ["Listener", "make_consumer", "seek_to_committed", "start_consumer"]
@@ -57,25 +59,47 @@ def make_consumer(settings: Settings, conn: dict[str, Any]) -> AIOKafkaConsumer:
 async def start_consumer(
     consumer: AIOKafkaConsumer, topics: list[str], listener: Listener, bootstrap: str
 ) -> None:
-    """Connect and subscribe; KafkaUnavailable when the cluster cannot be reached."""
+    """Connect and subscribe; KafkaUnavailable when the cluster cannot be reached.
+
+    Committed-offset reads are guarded before the first assignment can happen, so a
+    coordinator that is loading or has moved never reads as "no committed offset".
+    """
     try:
         await consumer.start()
     except KafkaError as exc:
         raise KafkaUnavailable(f"Kafka at {bootstrap}: {exc}") from exc
+    guard_offset_fetches(consumer)
     consumer.subscribe(topics, listener=listener)
 
 
-async def seek_to_committed(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> None:
-    """Position each partition at its committed offset, read now.
+async def seek_to_committed(
+    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition], timeout_s: float
+) -> set[TopicPartition]:
+    """Position each partition at its committed offset, read now; return those whose
+    committed offset could not be read within ``timeout_s`` (the caller holds them).
 
     Called after the sink fenced the previous owner, so the offset read here is final; the
-    group's own offset refresh may have run before that fence.
+    group's own offset refresh may have run before that fence. A read that keeps failing
+    (coordinator loading or moving, retried inside aiokafka) must not fall back to a guess:
+    a partition fetched from the wrong place re-reads acknowledged work, or skips some.
     """
-    for tp in tps:
+    wanted = list(tps)
+    unread: set[TopicPartition] = set()
+
+    async def read(tp: TopicPartition) -> None:
         try:
-            offset = await consumer.committed(tp)
-        except KafkaError as exc:
-            log.warning("committed offset of %s unknown (%s); using the group's view", tp, exc)
-            continue
-        if offset is not None and tp in consumer.assignment():
+            offset = await asyncio.wait_for(consumer.committed(tp), timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("committed offset of %s unreadable (%r)", tp, exc)
+            unread.add(tp)
+            return
+        if tp not in consumer.assignment():
+            return
+        if offset is None:
+            # The group never committed here (a guarded read): start where the policy says.
+            await consumer.seek_to_beginning(tp)
+        else:
             consumer.seek(tp, offset)
+
+    await asyncio.gather(*(read(tp) for tp in wanted))
+    return unread

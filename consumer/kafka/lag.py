@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from consumer.kafka.committed import group_offsets
 from schemas.errors import ConfigError, KafkaUnavailable
 
 __all__ = [
@@ -153,7 +154,7 @@ async def fetch_lag(
         if tps:
             starts = await consumer.beginning_offsets(tps)
             ends = await consumer.end_offsets(tps)
-            offsets = await admin.list_consumer_group_offsets(group_id, partitions=tps)
+            offsets = await group_offsets(admin, group_id, tps)
         else:
             starts, ends, offsets = {}, {}, {}
     except KafkaError as exc:
@@ -164,7 +165,7 @@ async def fetch_lag(
         partitions,
         {(tp.topic, tp.partition): off for tp, off in starts.items()},
         {(tp.topic, tp.partition): off for tp, off in ends.items()},
-        {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()},
+        {(tp.topic, tp.partition): off for tp, off in offsets.items()},
     )
 
 

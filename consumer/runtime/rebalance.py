@@ -3,7 +3,8 @@ partition.
 
 * **assigned** — the sink prepares the partitions (exactly-once: ``init_transactions``,
   which fences the previous owner), then each is positioned at its committed offset (read
-  after the fence, so it is final) and only then marked ready for the intake;
+  after the fence, so it is final; a read that fails for a session timeout holds the
+  partition instead of guessing) and only then marked ready for the intake;
 * **revoked** — no new records or work from them, buffered requests dropped (uncommitted:
   the next owner reads them), in-flight ones finish within DRAIN_TIMEOUT_S (else are
   cancelled), then the handled prefix is committed inside the callback, so no late commit
@@ -41,12 +42,14 @@ class RebalanceMixin:
         self.book.assigning(assigned, tier_of, now)
         assert self.sink is not None
         ready = await self.sink.open(set(assigned))
+        # A partition whose committed offset cannot be read is never fetched from a guess.
+        timeout_s = self.settings.kafka_session_timeout_ms / 1000
+        ready -= await seek_to_committed(self._consumer, ready, timeout_s)
         for tp in assigned - ready:
             # Held like a fenced partition: paused, and /health fails if the group does not
             # take it back within two session timeouts (a restart then retries).
             self.book.lost(tp, now)
             log.error("partition %s could not be prepared; held until the group moves it", tp)
-        await seek_to_committed(self._consumer, ready)
         self.tracker.forget(assigned)
         self.book.ready(ready, time.monotonic())
         if self.book.in_state(PartitionState.READY):

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from consumer.config import Settings
 from consumer.engines.base import GenerationRequest, GenerationResult
 from consumer.engines.fake import FakeEngine
+from consumer.kafka.committed import guard_offset_fetches
 from consumer.kafka.topics import ensure_service_topics
 from schemas.codec import Codec
 from schemas.errors import EngineError
@@ -107,6 +108,7 @@ async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | N
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
     await consumer.start()
+    guard_offset_fetches(consumer)  # a coordinator loading must not read as "none"
     try:
         await consumer._client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic) or set()

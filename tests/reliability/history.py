@@ -19,6 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from consumer.kafka.committed import guard_offset_fetches
 from producer_sdk.connection import KafkaConnection
 from schemas.codec import Codec
 from schemas.models import ExplanationRequest, ExplanationResult
@@ -179,6 +180,7 @@ class History:
             **self.conn.aiokafka_kwargs(), group_id=group_id, enable_auto_commit=False
         )
         await consumer.start()
+        guard_offset_fetches(consumer)  # a coordinator loading must not read as "none"
         committed: dict[Position, int] = {}
         try:
             for topic in topics:
