@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
-import threading
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from consumer.dev import benchkit as kit
-from consumer.dev.benchprof import summarize
+from consumer.dev.benchprof import Side, first_ready, profile_side
 
 __all__ = ["raw_loop", "register", "run_pipeline_bench"]
 
@@ -103,8 +100,6 @@ async def raw_loop(
 
 _WARMUP = 20  # requests through each side before a paced phase is timed
 
-Side = Callable[[str, str, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
-
 
 def _sides(
     bootstrap: str, concurrency: int, queue: int, overrides: dict[str, Any]
@@ -166,7 +161,7 @@ async def _phase(
         await collector.start()
         task = asyncio.create_task(side(prefix, f"{prefix}-group", ready, stop))
         try:
-            await asyncio.wait_for(_first(ready, task), 120)
+            await asyncio.wait_for(first_ready(ready, task), 120)
             skip = 0
             if rate is not None:
                 # Warm-up: the first fetch after assignment (offset lookup) is not steady state.
@@ -196,15 +191,6 @@ async def _phase(
     return out
 
 
-async def _first(ready: asyncio.Event, task: asyncio.Task[None]) -> None:
-    waiter = asyncio.create_task(ready.wait())
-    done, _ = await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        waiter.cancel()
-        task.result()
-        raise RuntimeError("side stopped before it was ready")
-
-
 def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     n = sum(r["results"] for r in runs)
     wall = sum(r["wall_s"] for r in runs)
@@ -223,60 +209,6 @@ def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if statuses:
         out["statuses"] = statuses
     return out
-
-
-def _profile(bootstrap: str, service: Side, n: int, top: int = 15) -> dict[str, Any]:
-    """Drain a backlog through the service under cProfile; collect results on another thread."""
-    prefix = kit.prefix("prof")
-    items = [kit.request_bytes(i, tag=prefix) for i in range(n)]
-
-    async def setup() -> None:
-        await kit.ensure(bootstrap, prefix, partitions=1)
-        producer = kit.make_producer(bootstrap, linger_ms=5)
-        await producer.start()
-        try:
-            await kit.publish(producer, f"{prefix}.requests.normal", items)
-        finally:
-            await producer.stop()
-
-    asyncio.run(setup())
-    loop_box: list[asyncio.AbstractEventLoop] = []
-    wall: list[float] = []
-    done = asyncio.Event()
-
-    def collect() -> None:
-        async def main() -> None:
-            collector = kit.ResultCollector(bootstrap, f"{prefix}.results")
-            await collector.start()
-            try:
-                await collector.wait_for(n, timeout_s=600)
-            finally:
-                await collector.stop()
-                loop_box[0].call_soon_threadsafe(done.set)
-
-        asyncio.run(main())
-
-    reader = threading.Thread(target=collect, name="profile-collector", daemon=True)
-    # Thread CPU time: waiting in epoll is not work, and the collector thread is not ours.
-    profiler = cProfile.Profile(time.thread_time)
-
-    async def run() -> None:
-        loop_box.append(asyncio.get_running_loop())
-        reader.start()
-        ready, stop = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(service(prefix, f"{prefix}-group", ready, stop))
-        await _first(ready, task)
-        t0 = time.perf_counter()
-        profiler.enable()
-        await done.wait()
-        profiler.disable()
-        wall.append(time.perf_counter() - t0)
-        stop.set()
-        await task
-
-    asyncio.run(run())
-    reader.join(30)
-    return {"requests": n, **summarize(profiler, wall[0], top)}
 
 
 def run_pipeline_bench(
@@ -342,7 +274,7 @@ def run_pipeline_bench(
     report["pipeline"] = {"results_per_s": s["results_per_s"], "statuses": s.get("statuses", {})}
     if profile_requests != 0:
         n = profile_requests or requests
-        report["profile"] = _profile(bootstrap, sides["service"], n)
+        report["profile"] = profile_side(bootstrap, sides["service"], n)
     return report
 
 

@@ -1,4 +1,5 @@
-"""Where a profiled run's CPU time went, by package and by function (for ``bench pipeline``).
+"""Where a profiled run's CPU time went, by package and by function (for ``bench pipeline``),
+and the profiled service drain itself.
 
 C calls (``isinstance``, ``len``, pydantic-core validation...) are charged to the Python
 function that called them, so "the codec" includes the built-ins it spends its time in;
@@ -7,11 +8,21 @@ socket waits are kept apart.
 
 from __future__ import annotations
 
+import asyncio
 import cProfile
 import pstats
+import threading
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["category", "summarize"]
+from consumer.dev import benchkit as kit
+
+__all__ = ["Side", "category", "first_ready", "profile_side", "summarize"]
+
+#: A bench side: (bootstrap prefix, group id, ready, stop) -> runs until ``stop`` is set.
+Side = Callable[[str, str, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
+
 
 #: Which package a profiled function belongs to, by path fragment (first match wins).
 CATEGORIES: tuple[tuple[str, str], ...] = (
@@ -83,3 +94,67 @@ def summarize(profiler: cProfile.Profile, wall_s: float, top: int = 15) -> dict[
             for t, c, cum, name in rows[:top]
         ],
     }
+
+
+async def first_ready(ready: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """Wait until a side set ``ready``; raise if its task ended first."""
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        waiter.cancel()
+        task.result()
+        raise RuntimeError("side stopped before it was ready")
+
+
+def profile_side(bootstrap: str, service: Side, n: int, top: int = 15) -> dict[str, Any]:
+    """Drain a backlog through the service under cProfile; collect results on another thread."""
+    prefix = kit.prefix("prof")
+    items = [kit.request_bytes(i, tag=prefix) for i in range(n)]
+
+    async def setup() -> None:
+        await kit.ensure(bootstrap, prefix, partitions=1)
+        producer = kit.make_producer(bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            await kit.publish(producer, f"{prefix}.requests.normal", items)
+        finally:
+            await producer.stop()
+
+    asyncio.run(setup())
+    loop_box: list[asyncio.AbstractEventLoop] = []
+    wall: list[float] = []
+    done = asyncio.Event()
+
+    def collect() -> None:
+        async def main() -> None:
+            collector = kit.ResultCollector(bootstrap, f"{prefix}.results")
+            await collector.start()
+            try:
+                await collector.wait_for(n, timeout_s=600)
+            finally:
+                await collector.stop()
+                loop_box[0].call_soon_threadsafe(done.set)
+
+        asyncio.run(main())
+
+    reader = threading.Thread(target=collect, name="profile-collector", daemon=True)
+    # Thread CPU time: waiting in epoll is not work, and the collector thread is not ours.
+    profiler = cProfile.Profile(time.thread_time)
+
+    async def run() -> None:
+        loop_box.append(asyncio.get_running_loop())
+        reader.start()
+        ready, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(service(prefix, f"{prefix}-group", ready, stop))
+        await first_ready(ready, task)
+        t0 = time.perf_counter()
+        profiler.enable()
+        await done.wait()
+        profiler.disable()
+        wall.append(time.perf_counter() - t0)
+        stop.set()
+        await task
+
+    asyncio.run(run())
+    reader.join(30)
+    return {"requests": n, **summarize(profiler, wall[0], top)}
