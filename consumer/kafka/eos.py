@@ -22,7 +22,15 @@ explainstream-<group>-<topic>-<partition>``. The fencing model:
   no duplicate is visible and no result is lost. Results of a partition become visible in
   offset order, at commit intervals (COMMIT_INTERVAL_MS).
 
-Other transaction errors abort the transaction and keep the records held for the next round.
+* **Refused means replaced.** A record the broker refuses for good (a non-retriable error
+  on its own send: not permitted, too large, invalid topic) aborts the transaction, and the
+  record is replaced by its next *alternative* from the runtime (a FAILED answer on the
+  default results topic, then the request in the DLQ); the next round commits that. With no
+  alternative left the partition is given up like a fenced one, so ``/health`` fails and a
+  restart retries, instead of the partition stalling behind it for good.
+
+Other transaction errors (retriable: the broker is away, a leader moves) abort the
+transaction and keep the records held for the next round.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +52,7 @@ from aiokafka.errors import (
 )
 
 from consumer.core.offsets import OffsetTracker
-from consumer.kafka.sinks import Headers, topic_writable
+from consumer.kafka.sinks import Alternative, Headers, Record, topic_writable
 
 __all__ = ["TransactionalSink"]
 
@@ -52,14 +60,22 @@ log = logging.getLogger("explainstream.eos")
 
 _FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
 
-_Record = tuple[str, bytes | None, bytes | None, Headers]
+
+@dataclass
+class _Held:
+    record: Record
+    alternatives: list[Alternative]
 
 
 @dataclass
 class _Partition:
     producer: AIOKafkaProducer
-    pending: dict[int, _Record] = field(default_factory=dict)
+    pending: dict[int, _Held] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class _Refused(Exception):
+    """Aborts a transaction in which the broker refused records for good."""
 
 
 class TransactionalSink:
@@ -129,14 +145,16 @@ class TransactionalSink:
         key: bytes | None,
         value: bytes | None,
         headers: Headers,
+        alternatives: Sequence[Alternative] = (),
     ) -> None:
-        """Hold one output record for the request at ``tp``/``offset``.
+        """Hold one output record for the request at ``tp``/``offset``, with what to write
+        instead if the broker refuses it for good.
 
         A partition that is not (or no longer) ours drops it: its next owner answers.
         """
         part = self._parts.get(tp)
         if part is not None:
-            part.pending[offset] = (topic, key, value, headers)
+            part.pending[offset] = _Held((topic, key, value, headers), list(alternatives))
 
     async def commit(self, tracker: OffsetTracker, tps: Iterable[Hashable]) -> None:
         """Per partition: held records below the safe position, plus that offset, atomically."""
@@ -153,14 +171,18 @@ class TransactionalSink:
                 ready = sorted(o for o in part.pending if o < target)
                 started = time.monotonic()
                 producer = part.producer
+                refused: dict[int, BaseException] = {}
                 try:
                     async with producer.transaction():
-                        for offset in ready:
-                            topic, key, value, headers = part.pending[offset]
-                            await producer.send(topic, value, key=key, headers=headers)
+                        refused = await _send_held(producer, part, ready)
+                        if refused:
+                            raise _Refused
                         await producer.send_offsets_to_transaction({tp: target}, self._group)
                 except _FENCED as exc:
-                    await self._lose(tp, exc)
+                    await self._lose(tp, exc, "its producer was fenced")
+                    continue
+                except _Refused:
+                    await self._replace(tp, part, refused)
                     continue
                 except KafkaError as exc:
                     # Aborted: records stay held, offsets uncommitted; the next round retries.
@@ -172,15 +194,36 @@ class TransactionalSink:
                 if self._on_commit is not None:
                     self._on_commit(time.monotonic() - started)
 
-    async def _lose(self, tp: Hashable, exc: BaseException) -> None:
+    async def _replace(
+        self, tp: Hashable, part: _Partition, refused: dict[int, BaseException]
+    ) -> None:
+        """Swap each refused record for its next alternative; none left: give ``tp`` up."""
+        for offset, exc in sorted(refused.items()):
+            held = part.pending[offset]
+            if not held.alternatives:
+                await self._lose(tp, exc, f"the record of offset {offset} was refused everywhere")
+                return
+            topic = held.record[0]
+            held.record = held.alternatives.pop(0)(exc)
+            log.error(
+                "record of %s@%d refused by %s (%r); writing its alternative to %s",
+                tp,
+                offset,
+                topic,
+                exc,
+                held.record[0],
+            )
+
+    async def _lose(self, tp: Hashable, exc: BaseException, why: str) -> None:
         part = self._parts.pop(tp, None)
         if part is None:
             return
         log.error(
-            "producer of %s was fenced (%r): partition lost, %d held results dropped; "
-            "the group reassigns it",
-            tp,
+            "%s (%r): partition %s lost, %d held results dropped; the group (or a restart, "
+            "when /health fails) gives it an owner again",
+            why,
             exc,
+            tp,
             len(part.pending),
         )
         part.pending.clear()
@@ -206,3 +249,31 @@ class TransactionalSink:
     async def close(self) -> None:
         """Stop every producer."""
         await self.release(set(self._parts))
+
+
+async def _send_held(
+    producer: AIOKafkaProducer, part: _Partition, offsets: list[int]
+) -> dict[int, BaseException]:
+    """Send the held records at ``offsets`` inside the open transaction and wait for their
+    acks. Returns the records the broker refused for good, by offset; raises the first
+    retriable error when there is none of those (the whole round is retried)."""
+    sent: list[tuple[int, asyncio.Future[Any]]] = []
+    refused: dict[int, BaseException] = {}
+    for offset in offsets:
+        topic, key, value, headers = part.pending[offset].record
+        try:
+            sent.append((offset, await producer.send(topic, value, key=key, headers=headers)))
+        except KafkaError as exc:
+            if exc.retriable:
+                raise
+            refused[offset] = exc  # refused before sending (e.g. over max_request_size)
+    outcomes = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+    retry: BaseException | None = None
+    for (offset, _), outcome in zip(sent, outcomes, strict=True):
+        if isinstance(outcome, KafkaError) and not outcome.retriable:
+            refused[offset] = outcome
+        elif isinstance(outcome, BaseException) and retry is None:
+            retry = outcome
+    if not refused and retry is not None:
+        raise retry
+    return refused

@@ -5,7 +5,10 @@
   gives up after PUBLISH_TIMEOUT_S with :class:`PublishError` (the runner then answers FAILED
   on the default results topic, or dead-letters).
 * :class:`~consumer.kafka.eos.TransactionalSink` (DELIVERY=exactly-once) — records are held
-  per input partition and written with that partition's offsets in one transaction.
+  per input partition and written with that partition's offsets in one transaction. A
+  record the broker refuses for good (not permitted, too large) cannot fail its request
+  there, since the request finished long before; so each held record comes with its
+  *alternatives* (a FAILED answer on the default results topic, the DLQ), tried in order.
 
 The runtime never sees an aiokafka type: it hands a sink (topic, key, value, headers) and the
 request's (partition, offset), and asks it to commit what the offset tracker allows.
@@ -16,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -25,11 +28,15 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from consumer.core.offsets import OffsetTracker
 from schemas.errors import KafkaUnavailable
 
-__all__ = ["AtLeastOnceSink", "Headers", "PublishError", "ResultSink"]
+__all__ = ["Alternative", "AtLeastOnceSink", "Headers", "PublishError", "Record", "ResultSink"]
 
 log = logging.getLogger("explainstream.sink")
 
 Headers = list[tuple[str, bytes]]
+#: One output record: (topic, key, value, headers).
+Record = tuple[str, bytes | None, bytes | None, Headers]
+#: What to write instead of a record the broker refused for good (given the refusal).
+Alternative = Callable[[BaseException], Record]
 
 
 class PublishError(KafkaUnavailable):
@@ -68,8 +75,13 @@ class ResultSink(Protocol):
         key: bytes | None,
         value: bytes | None,
         headers: Headers,
+        alternatives: Sequence[Alternative] = (),
     ) -> None:
-        """Deliver (or hold for the transaction) the output of the request at tp/offset."""
+        """Deliver (or hold for the transaction) the output of the request at tp/offset.
+
+        ``alternatives`` are used, in order, when a held record is refused for good at
+        commit time (exactly-once); a sink that sends at once raises PublishError instead.
+        """
         ...
 
     async def writable(self, topic: str) -> bool:
@@ -133,8 +145,10 @@ class AtLeastOnceSink:
         key: bytes | None,
         value: bytes | None,
         headers: Headers,
+        alternatives: Sequence[Alternative] = (),
     ) -> None:
-        """Send and await the ack; retriable errors are retried until the timeout."""
+        """Send and await the ack; retriable errors are retried until the timeout, then
+        PublishError (the caller answers with its own alternatives)."""
         assert self._producer is not None
         deadline = time.monotonic() + self._timeout
         delay = 0.1

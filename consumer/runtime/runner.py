@@ -30,7 +30,7 @@ from consumer.core.scheduler import Buffered, TierScheduler
 from consumer.engines.base import Engine, GenerationRequest, GenerationResult, ModelInfo
 from consumer.kafka.deadletters import DeadLetters, dlq_headers
 from consumer.kafka.intake import Work
-from consumer.kafka.sinks import PublishError, ResultSink
+from consumer.kafka.sinks import Alternative, Headers, PublishError, Record, ResultSink
 from schemas.codec import Codec
 from schemas.errors import DeadlineExceeded, EncodeError, RequestRejected
 from schemas.models import (
@@ -261,40 +261,54 @@ class RequestRunner:
     async def publish(self, work: Work, result: ExplanationResult) -> None:
         """Write the result; a destination that fails within PUBLISH_TIMEOUT_S gets a FAILED
         answer on the default results topic instead, and if that fails too the request
-        goes to the DLQ. Only then is the offset done."""
+        goes to the DLQ. Only then is the offset done. (Exactly-once learns of a refusal
+        only at commit time; the same fallbacks go with the record as its alternatives.)"""
         default = self.settings.results_topic
         topic = destination(work.request.reply_to, self.limits.reply_to_allowed, default)
-        key = result.request_id.encode()
         try:
             await self._put(work, topic, result)
         except PublishError as exc:
             log.error("result of %s not published to %s: %s", result.request_id, topic, exc)
-            failed = result.model_copy(
-                update={
-                    "status": ResultStatus.FAILED,
-                    "explanation": None,
-                    "error": f"result could not be published to {topic}: {exc}",
-                }
-            )
+            failed = _failed(result, topic, exc)
             try:
                 if topic == default:
                     raise
                 await self._put(work, default, failed)
                 result = failed
             except PublishError as again:
-                headers = dlq_headers(
-                    [],
-                    topic=work.tp.topic,
-                    partition=work.tp.partition,
-                    offset=work.offset,
-                    timestamp=0,
-                    group=self.settings.kafka_group_id,
-                    error=again,
-                    stage="publish",
-                )
-                await self.dead_letters.send_now(work.tp, work.offset, key, work.value, headers)
+                key, value, headers = self._dead_letter(work, again)
+                await self.dead_letters.send_now(work.tp, work.offset, key, value, headers)
                 result = failed
         self._on_result(work, result)
+
+    def _dead_letter(self, work: Work, error: BaseException) -> tuple[bytes, bytes | None, Headers]:
+        """(key, value, headers) of the DLQ record for a request whose answer was refused."""
+        headers = dlq_headers(
+            [],
+            topic=work.tp.topic,
+            partition=work.tp.partition,
+            offset=work.offset,
+            timestamp=0,
+            group=self.settings.kafka_group_id,
+            error=error,
+            stage="publish",
+        )
+        return work.request.request_id.encode(), work.value, headers
+
+    def _alternatives(self, work: Work, topic: str, result: ExplanationResult) -> list[Alternative]:
+        """What to write, in order, if ``topic`` refuses the result for good at commit time."""
+        default = self.settings.results_topic
+
+        def failed_on_default(exc: BaseException) -> Record:
+            failed = _failed(result, topic, exc)
+            status = [("explainstream.status", failed.status.value.encode())]
+            return default, failed.request_id.encode(), self.codec.encode_result(failed), status
+
+        def dead_letter(exc: BaseException) -> Record:
+            key, value, headers = self._dead_letter(work, exc)
+            return self.dead_letters.topic, key, value, headers
+
+        return [dead_letter] if topic == default else [failed_on_default, dead_letter]
 
     async def _put(self, work: Work, topic: str, result: ExplanationResult) -> None:
         try:
@@ -309,7 +323,20 @@ class RequestRunner:
         if not await self.sink.writable(topic):
             raise PublishError(f"topic {topic} is not writable (missing or not permitted)")
         headers = [("explainstream.status", result.status.value.encode())]
-        await self.sink.put(work.tp, work.offset, topic, result.request_id.encode(), value, headers)
+        key = result.request_id.encode()
+        alternatives = self._alternatives(work, topic, result)
+        await self.sink.put(work.tp, work.offset, topic, key, value, headers, alternatives)
+
+
+def _failed(result: ExplanationResult, topic: str, error: BaseException) -> ExplanationResult:
+    """``result`` turned into the FAILED answer for a destination that refused it."""
+    return result.model_copy(
+        update={
+            "status": ResultStatus.FAILED,
+            "explanation": None,
+            "error": f"result could not be published to {topic}: {error}",
+        }
+    )
 
 
 def exc_retriable(exc: BaseException) -> bool:

@@ -21,6 +21,7 @@ from consumer.config import TIERS, Settings
 from consumer.kafka.topics import ensure_service_topics
 from tests.deploy import validators as v
 from tests.deploy.keda_scaler import INVALID_OFFSET, desired_replicas, trigger_metric
+from tests.integration.helpers import commit_offsets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.deploy]
 
@@ -48,23 +49,13 @@ async def _produce_backlog(settings: Settings) -> None:
         await asyncio.gather(*sends)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.kafka_group_id,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        commits = {
-            TopicPartition(settings.request_topics()[tier], p): offset
-            for tier, parts in BACKLOG.items()
-            for p, (_, offset) in parts.items()
-            if offset is not None
-        }
-        consumer.assign(list(commits))
-        await consumer.commit(commits)
-    finally:
-        await consumer.stop()
+    commits = {
+        TopicPartition(settings.request_topics()[tier], p): offset
+        for tier, parts in BACKLOG.items()
+        for p, (_, offset) in parts.items()
+        if offset is not None
+    }
+    await commit_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, commits)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:

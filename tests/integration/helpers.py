@@ -117,6 +117,19 @@ async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | N
         await consumer.stop()
 
 
+async def commit_offsets(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """Commit ``offsets`` for ``group`` as a member-less client (the group must be empty)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
 def results_by_id(results: list[ExplanationResult]) -> dict[str, list[ExplanationResult]]:
     """request_id -> results seen for it."""
     out: dict[str, list[ExplanationResult]] = {}

@@ -18,6 +18,7 @@ from consumer.config import Settings
 from consumer.dev.devbroker import DevBroker
 from consumer.kafka.committed import group_offsets
 from consumer.kafka.group import Listener, make_consumer, seek_to_committed, start_consumer
+from tests.integration.helpers import commit_offsets
 from tests.reliability.brokers import dedicated_broker
 from tests.reliability.conftest import ScenarioFactory, alo_bound
 
@@ -104,17 +105,7 @@ async def test_a_stale_coordinator_never_resets_a_partition_to_its_beginning(
             await producer.send_and_wait(topic, str(i).encode(), partition=0)
     finally:
         await producer.stop()
-    committer = AIOKafkaConsumer(
-        bootstrap_servers=cluster.bootstrap,
-        group_id=settings.kafka_group_id,
-        enable_auto_commit=False,
-    )
-    await committer.start()
-    try:
-        committer.assign([tp])
-        await committer.commit({tp: 7})
-    finally:
-        await committer.stop()
+    await commit_offsets(cluster.bootstrap, settings.kafka_group_id, {tp: 7})
 
     consumer = make_consumer(settings, {"bootstrap_servers": cluster.bootstrap})
     stale: list[int] = []
