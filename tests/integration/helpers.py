@@ -130,6 +130,27 @@ async def commit_offsets(bootstrap: str, group: str, offsets: dict[TopicPartitio
         await consumer.stop()
 
 
+async def answer_around(
+    settings: Settings, reply_to: str
+) -> tuple[ExplanationResult, list[ExplanationResult], int]:
+    """Run the service over one request replying to ``reply_to`` followed by five normal
+    ones; return (its answer on the default results topic, the five answers, results read).
+    Returns only once the normal tier's offsets are all committed (the partition moved on).
+    """
+    from consumer.runtime.service import ConsumerService
+
+    boot = settings.kafka_bootstrap_servers
+    odd = make_request(1, reply_to=reply_to)
+    after = [make_request(2 + i) for i in range(5)]
+    await produce_requests(boot, settings.request_topics()["normal"], [odd, *after])
+    async with ConsumerService(settings):
+        results = await collect(boot, settings.results_topic, 6, timeout_s=60)
+        await wait_committed(settings, "normal", timeout_s=30)
+    by_id = {r.request_id: r for r in results}
+    assert set(by_id) == {r.request_id for r in [odd, *after]}, "an answer is missing"
+    return by_id[odd.request_id], [by_id[r.request_id] for r in after], len(results)
+
+
 def results_by_id(results: list[ExplanationResult]) -> dict[str, list[ExplanationResult]]:
     """request_id -> results seen for it."""
     out: dict[str, list[ExplanationResult]] = {}

@@ -20,11 +20,10 @@ from consumer.core.partitions import PartitionState
 from consumer.runtime.service import ConsumerService
 from schemas.models import ResultStatus
 from tests.integration.helpers import (
-    collect,
+    answer_around,
     make_request,
     produce_requests,
     service_topics,
-    wait_committed,
     wait_until,
 )
 
@@ -50,19 +49,12 @@ async def test_a_refused_reply_to_answers_failed_and_the_partition_moves_on(
     refusing = f"{settings.kafka_topic_prefix}.replies-tiny"  # allowed: under the prefix
     await _create_tiny(boot, refusing)
     await service_topics(settings)
-    refused = make_request(1, reply_to=refusing)
-    after = [make_request(2 + i) for i in range(5)]
-    await produce_requests(boot, settings.request_topics()["normal"], [refused, *after])
-    async with ConsumerService(settings):
-        results = await collect(boot, settings.results_topic, 6, timeout_s=60)
-        await wait_committed(settings, "normal", timeout_s=30)
-    by_id = {r.request_id: r for r in results}
-    assert set(by_id) == {r.request_id for r in [refused, *after]}
-    assert by_id[refused.request_id].status is ResultStatus.FAILED
-    assert refusing in (by_id[refused.request_id].error or "")
-    assert "MessageSizeTooLarge" in (by_id[refused.request_id].error or "")
-    assert all(by_id[r.request_id].status is ResultStatus.OK for r in after)
-    assert len(results) == 6  # read_committed: one answer each, nothing else visible
+    refused, after, read = await answer_around(settings, refusing)
+    assert refused.status is ResultStatus.FAILED
+    assert refusing in (refused.error or "")
+    assert "MessageSizeTooLarge" in (refused.error or "")
+    assert all(r.status is ResultStatus.OK for r in after)
+    assert read == 6  # read_committed: one answer each, nothing else visible
 
 
 async def test_refused_everywhere_gives_the_partition_up_and_fails_liveness(

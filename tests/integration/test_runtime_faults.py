@@ -26,6 +26,7 @@ from schemas.errors import DecodeError, EngineError
 from schemas.models import ExplanationRequest, ResultStatus
 from tests.integration.helpers import (
     FlakyEngine,
+    answer_around,
     collect,
     end_offsets,
     make_request,
@@ -108,18 +109,11 @@ async def test_unwritable_reply_to_answers_failed_and_the_partition_moves_on(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = await service_topics(make_settings(publish_timeout_s=2.0))
-    boot = settings.kafka_bootstrap_servers
     missing = f"{settings.kafka_topic_prefix}.replies-never-created"  # no auto-creation
-    stuck = make_request(1, reply_to=missing)
-    after = [make_request(2 + i) for i in range(5)]
-    await produce_requests(boot, settings.request_topics()["normal"], [stuck, *after])
-    async with ConsumerService(settings):
-        results = await collect(boot, settings.results_topic, 6, timeout_s=60)
-        await wait_committed(settings, "normal", timeout_s=30)
-    by_id = {r.request_id: r for r in results}
-    assert by_id[stuck.request_id].status is ResultStatus.FAILED
-    assert missing in (by_id[stuck.request_id].error or "")
-    assert all(by_id[r.request_id].status is ResultStatus.OK for r in after)
+    stuck, after, _ = await answer_around(settings, missing)
+    assert stuck.status is ResultStatus.FAILED
+    assert missing in (stuck.error or "")
+    assert all(r.status is ResultStatus.OK for r in after)
 
 
 # ---------------------------------------------------------------- defect 5: silent death
