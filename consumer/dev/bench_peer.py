@@ -37,8 +37,8 @@ from consumer.dev.bench import (
     bench_one,
     summarize,
 )
-from consumer.dev.devbroker import free_port
 from consumer.dev.llama_server import obtain_llama_server
+from consumer.dev.ports import free_port
 
 __all__ = ["obtain_llama_server", "register", "run_peer_bench"]
 

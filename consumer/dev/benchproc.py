@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from consumer.dev.devbroker import free_port
+from consumer.dev.ports import free_port
 
 __all__ = ["ConsumerProcess", "consumer_env", "free_port"]
 

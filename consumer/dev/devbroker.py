@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from consumer.dev.brokersec import BrokerSecurity
 from consumer.dev.kafkajars import KAFKA_VERSION, DevBrokerError, fetch_jars, find_java
+from consumer.dev.ports import free_base
 
 if TYPE_CHECKING:
     pass
@@ -70,52 +70,10 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    """The kernel's range for outgoing connections' local ports (Linux default if unknown)."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _bindable(port: int) -> bool:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_base(offsets: list[int]) -> int:
-    """A base port such that every ``base + offset`` is free and outside the ephemeral range.
-
-    A port from the kernel's ephemeral range can be handed to any outgoing connection (the
-    nodes' own connections to each other included) between this check and the server's bind,
-    which made a 3-node start fail now and then; ports below that range only ever go to
-    explicit binds.
-    """
-    low, high = _ephemeral_range()
-    span = max(offsets) + 1
-    floor, ceiling = (10000, low - span) if low - span > 10000 else (high + 1, 65536 - span)
-    rng = random.SystemRandom()
-    for _ in range(200):
-        base = rng.randrange(floor, ceiling)
-        if all(_bindable(base + offset) for offset in offsets):
-            return base
-    raise DevBrokerError("no free port found on 127.0.0.1")
-
-
-def free_port() -> int:
-    """One free loopback port outside the ephemeral range (for a server started later)."""
-    return _free_base([0])
-
-
 def free_port_block(count: int) -> int:
     """A base port such that ``base..base+count-1`` and their controller ports are free."""
     offsets = list(range(count))
-    return _free_base(offsets + [o + _CONTROLLER_PORT_OFFSET for o in offsets])
+    return free_base(offsets + [o + _CONTROLLER_PORT_OFFSET for o in offsets])
 
 
 def _pid_alive(pid: int) -> bool:

@@ -25,7 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from consumer.dev.devbroker import find_java, free_port
+from consumer.dev.devbroker import find_java
+from consumer.dev.ports import free_port
 from schemas.errors import ExplainstreamError
 
 __all__ = ["APICURIO_VERSION", "ApicurioRegistry", "RegistryLaunchError", "fetch_registry"]

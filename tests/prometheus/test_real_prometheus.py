@@ -34,7 +34,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.dev.devbroker import free_port
+from consumer.dev.ports import free_port
 from tests.integration.helpers import make_request, produce, produce_requests
 from tests.prometheus.promql import (
     RULES,

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumer.dev.devbroker import DevBroker, free_port
+from consumer.dev.devbroker import DevBroker
+from consumer.dev.ports import free_port
 from tests.integration.helpers import make_request
 from tests.reliability.brokers import dedicated_broker
 from tests.reliability.conftest import ScenarioFactory, alo_bound

@@ -6,10 +6,11 @@ import socket
 
 from consumer.dev import devbroker
 from consumer.dev.devbroker import free_port_block
+from consumer.dev.ports import ephemeral_range
 
 
 def test_port_block_and_controller_ports_lie_outside_the_ephemeral_range() -> None:
-    low, high = devbroker._ephemeral_range()
+    low, high = ephemeral_range()
     for count in (1, 3):
         for _ in range(20):
             base = free_port_block(count)
