@@ -131,6 +131,13 @@ class Metrics(ComputeMetrics):
             ["source_topic", "stage"],
             registry=reg,
         )
+        self.publish_fallbacks = Counter(
+            "explainstream_publish_fallbacks",
+            "Results whose destination refused them, by what was written instead "
+            "(results: FAILED on the default results topic; dlq: the request)",
+            ["to"],
+            registry=reg,
+        )
         self.breaker_state = Gauge(
             "explainstream_circuit_breaker_state",
             "Circuit breaker state: 0 closed, 1 half_open, 2 open",
@@ -265,6 +272,10 @@ class Metrics(ComputeMetrics):
     def dlq_record(self, source_topic: str, stage: str) -> None:
         """Count one record sent to the DLQ; ``stage`` says where it failed (e.g. decode)."""
         self.dlq.labels(source_topic=source_topic, stage=stage).inc()
+
+    def publish_fallback(self, to: str) -> None:
+        """Count one result written elsewhere (``results`` or ``dlq``) after a refusal."""
+        self.publish_fallbacks.labels(to=to).inc()
 
     def set_circuit_state(self, state: str) -> None:
         """Breaker state: ``closed``, ``half_open`` or ``open``."""

@@ -76,6 +76,7 @@ class RequestRunner:
         on_result: Callable[[Work, ExplanationResult], None],
         on_retry: Callable[[Work], None],
         wake: asyncio.Event,
+        on_fallback: Callable[[str], None] = lambda to: None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -91,6 +92,7 @@ class RequestRunner:
         self._on_result = on_result
         self._on_retry = on_retry
         self._wake = wake
+        self._on_fallback = on_fallback
 
     async def run(
         self, entry: Buffered[Work], priority: int, release_slot: Callable[[], None]
@@ -274,10 +276,12 @@ class RequestRunner:
                 if topic == default:
                     raise
                 await self._put(work, default, failed)
+                self._on_fallback("results")
                 result = failed
             except PublishError as again:
                 key, value, headers = self._dead_letter(work, again)
                 await self.dead_letters.send_now(work.tp, work.offset, key, value, headers)
+                self._on_fallback("dlq")
                 result = failed
         self._on_result(work, result)
 
@@ -300,11 +304,13 @@ class RequestRunner:
         default = self.settings.results_topic
 
         def failed_on_default(exc: BaseException) -> Record:
+            self._on_fallback("results")
             failed = _failed(result, topic, exc)
             status = [("explainstream.status", failed.status.value.encode())]
             return default, failed.request_id.encode(), self.codec.encode_result(failed), status
 
         def dead_letter(exc: BaseException) -> Record:
+            self._on_fallback("dlq")
             key, value, headers = self._dead_letter(work, exc)
             return self.dead_letters.topic, key, value, headers
 

@@ -192,6 +192,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             on_result=self._finished,
             on_retry=self._retrying,
             wake=self._wake,
+            on_fallback=self.metrics.publish_fallback if self.metrics else lambda to: None,
         )
         self.dispatcher = Dispatcher(
             scheduler=self.scheduler,

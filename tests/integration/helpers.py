@@ -131,7 +131,7 @@ async def commit_offsets(bootstrap: str, group: str, offsets: dict[TopicPartitio
 
 
 async def answer_around(
-    settings: Settings, reply_to: str
+    settings: Settings, reply_to: str, metrics: Any = None
 ) -> tuple[ExplanationResult, list[ExplanationResult], int]:
     """Run the service over one request replying to ``reply_to`` followed by five normal
     ones; return (its answer on the default results topic, the five answers, results read).
@@ -143,7 +143,7 @@ async def answer_around(
     odd = make_request(1, reply_to=reply_to)
     after = [make_request(2 + i) for i in range(5)]
     await produce_requests(boot, settings.request_topics()["normal"], [odd, *after])
-    async with ConsumerService(settings):
+    async with ConsumerService(settings, metrics=metrics):
         results = await collect(boot, settings.results_topic, 6, timeout_s=60)
         await wait_committed(settings, "normal", timeout_s=30)
     by_id = {r.request_id: r for r in results}

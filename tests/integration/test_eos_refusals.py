@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumer.config import Settings
 from consumer.core.partitions import PartitionState
+from consumer.ops.metrics import Metrics
 from consumer.runtime.service import ConsumerService
 from schemas.models import ResultStatus
 from tests.integration.helpers import (
@@ -49,12 +50,15 @@ async def test_a_refused_reply_to_answers_failed_and_the_partition_moves_on(
     refusing = f"{settings.kafka_topic_prefix}.replies-tiny"  # allowed: under the prefix
     await _create_tiny(boot, refusing)
     await service_topics(settings)
-    refused, after, read = await answer_around(settings, refusing)
+    metrics = Metrics()
+    refused, after, read = await answer_around(settings, refusing, metrics=metrics)
     assert refused.status is ResultStatus.FAILED
     assert refusing in (refused.error or "")
     assert "MessageSizeTooLarge" in (refused.error or "")
     assert all(r.status is ResultStatus.OK for r in after)
     assert read == 6  # read_committed: one answer each, nothing else visible
+    fallbacks = "explainstream_publish_fallbacks_total"
+    assert metrics.registry.get_sample_value(fallbacks, {"to": "results"}) == 1
 
 
 async def test_refused_everywhere_gives_the_partition_up_and_fails_liveness(

@@ -110,10 +110,13 @@ async def test_unwritable_reply_to_answers_failed_and_the_partition_moves_on(
 ) -> None:
     settings = await service_topics(make_settings(publish_timeout_s=2.0))
     missing = f"{settings.kafka_topic_prefix}.replies-never-created"  # no auto-creation
-    stuck, after, _ = await answer_around(settings, missing)
+    metrics = Metrics()
+    stuck, after, _ = await answer_around(settings, missing, metrics=metrics)
     assert stuck.status is ResultStatus.FAILED
     assert missing in (stuck.error or "")
     assert all(r.status is ResultStatus.OK for r in after)
+    fallbacks = "explainstream_publish_fallbacks_total"
+    assert metrics.registry.get_sample_value(fallbacks, {"to": "results"}) == 1
 
 
 # ---------------------------------------------------------------- defect 5: silent death
