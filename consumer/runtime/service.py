@@ -357,8 +357,8 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
     # ------------------------------------------------------------------ observation
     async def _observe_loop(self) -> None:
         while True:
-            try:
-                await status_view.observe(self)
+            try:  # bounded: offset reads wait out a coordinator that is loading or moving
+                await asyncio.wait_for(status_view.observe(self), 10.0)
             except Exception as exc:  # metrics are best effort; the loop itself must live
                 log.debug("observe failed: %r", exc)
             await asyncio.sleep(2.0)
