@@ -138,6 +138,8 @@ class Metrics(ComputeMetrics):
             ["to"],
             registry=reg,
         )
+        for to in ("results", "dlq"):  # present at 0, so the first refusal is an increase
+            self.publish_fallbacks.labels(to=to)
         self.breaker_state = Gauge(
             "explainstream_circuit_breaker_state",
             "Circuit breaker state: 0 closed, 1 half_open, 2 open",
