@@ -179,6 +179,8 @@ async def run_engine_bench(
                 # One engine loaded at a time: llama.cpp's OpenMP build keeps a worker team per
                 # calling thread, and another engine's docked team throttles the running one's
                 # barrier spin (both engines measured 20-50 % slow side by side in one process).
+                # Reloaded per level on purpose: the engines stay side by side at each level,
+                # minutes apart at most, so machine drift does not enter their ratio.
                 engine = create_engine(Settings.from_env(engine=name, **overrides))
                 await engine.start()
                 try:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from consumer.dev.bench import BENCH_CONTEXTS, _Progress, percentile
-from consumer.dev.benchproc import ConsumerProcess, consumer_env, free_port
+from consumer.dev.benchproc import ConsumerProcess, consumer_env
+from consumer.dev.ports import free_port
 
 __all__ = [
     "ConsumerProcess",

@@ -20,7 +20,7 @@ from typing import Any
 
 from consumer.dev.ports import free_port
 
-__all__ = ["ConsumerProcess", "consumer_env", "free_port"]
+__all__ = ["ConsumerProcess", "consumer_env"]
 
 
 class ConsumerProcess:

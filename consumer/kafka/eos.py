@@ -81,6 +81,8 @@ class _Refused(Exception):
 class TransactionalSink:
     """Holds finished records per input partition and commits them with their offsets."""
 
+    defers_writes = True
+
     def __init__(
         self,
         conn_kwargs: dict[str, Any],

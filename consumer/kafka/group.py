@@ -83,7 +83,6 @@ async def seek_to_committed(
     (coordinator loading or moving, retried inside aiokafka) must not fall back to a guess:
     a partition fetched from the wrong place re-reads acknowledged work, or skips some.
     """
-    wanted = list(tps)
     unread: set[TopicPartition] = set()
 
     async def read(tp: TopicPartition) -> None:
@@ -101,5 +100,5 @@ async def seek_to_committed(
         else:
             consumer.seek(tp, offset)
 
-    await asyncio.gather(*(read(tp) for tp in wanted))
+    await asyncio.gather(*(read(tp) for tp in tps))
     return unread

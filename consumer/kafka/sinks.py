@@ -63,6 +63,10 @@ async def topic_writable(
 class ResultSink(Protocol):
     """What the runtime asks of result delivery (see module docstring)."""
 
+    #: True when records are written later, at commit time (so refusals surface there and
+    #: ``put`` needs alternatives); False when ``put`` writes at once and raises instead.
+    defers_writes: bool
+
     async def open(self, tps: set[Hashable]) -> set[Hashable]:
         """Prepare newly assigned partitions; returns those that are ready."""
         ...
@@ -103,6 +107,8 @@ class ResultSink(Protocol):
 
 class AtLeastOnceSink:
     """Idempotent producer; offsets committed through the group after the acks."""
+
+    defers_writes = False
 
     def __init__(
         self,

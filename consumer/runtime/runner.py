@@ -330,7 +330,8 @@ class RequestRunner:
             raise PublishError(f"topic {topic} is not writable (missing or not permitted)")
         headers = [("explainstream.status", result.status.value.encode())]
         key = result.request_id.encode()
-        alternatives = self._alternatives(work, topic, result)
+        # Only a deferring sink learns of a refusal after this call returns.
+        alternatives = self._alternatives(work, topic, result) if self.sink.defers_writes else ()
         await self.sink.put(work.tp, work.offset, topic, key, value, headers, alternatives)
 
 

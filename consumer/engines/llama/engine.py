@@ -43,8 +43,8 @@ class LlamaEngine:
         self._n_slots = settings.max_concurrent_requests
         self._n_batch = max(settings.n_batch, self._n_slots)
         cpus = model_files.usable_cpus()
+        # One count for single-token and batch steps (see plan.default_threads).
         self._n_threads = settings.n_threads or plan.default_threads(cpus)
-        self._n_threads_batch = settings.n_threads or cpus
         self._seq_budget = model_files.seq_budget(settings)
         self._model_path = model_files.resolve_model_path(settings.model_path)
         self._profiles = prompts.load_profiles(settings.prompt_profiles_path)
@@ -235,7 +235,7 @@ class LlamaEngine:
             "n_ctx": m.n_ctx if m else 0,
             "n_batch": self._n_batch,
             "n_threads": self._n_threads,
-            "n_threads_batch": self._n_threads_batch,
+            "n_threads_batch": self._n_threads,
             "model_path": m.path if m else self._model_path,
             "prompt_profiles": m.profiles.names() if m else self._profiles.names(),
         }
@@ -254,7 +254,7 @@ class LlamaEngine:
             n_slots=self._n_slots,
             n_batch=self._n_batch,
             n_threads=self._n_threads,
-            n_threads_batch=self._n_threads_batch,
+            n_threads_batch=self._n_threads,
             overrides=dict(self.context_overrides),
         )
 

@@ -202,7 +202,7 @@ def free_old_first(new_model_bytes: int, context_bytes: int, available_bytes: in
 
 
 def default_threads(usable_cpus: int) -> int:
-    """ggml threads for single-token steps when N_THREADS is 0: every usable core.
+    """ggml threads (single-token and batch steps) when N_THREADS is 0: every usable core.
 
     An earlier default left one core to the process's Python threads, because a single-token
     step measured faster on one thread than on two on the 2-core development machine. That
