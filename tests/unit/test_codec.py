@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 import tracemalloc
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -203,20 +202,19 @@ def _request_prefix() -> bytes:
     )
 
 
-def _bounded(fn: Any) -> tuple[float, int]:
+def _peak(fn: Any) -> int:
+    """Peak bytes allocated while ``fn`` runs (a time bound would depend on the machine)."""
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         fn()
     finally:
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    return elapsed, peak
+    return peak
 
 
 @pytest.mark.parametrize("count", [30_000_000, -30_000_000, 2**62])
-def test_map_declaring_millions_of_entries_is_rejected_fast(count: int) -> None:
+def test_map_declaring_millions_of_entries_is_rejected_in_bounded_memory(count: int) -> None:
     codec = Codec()
     body = _request_prefix() + zigzag(count) + (zigzag(5) if count < 0 else b"")
 
@@ -224,12 +222,10 @@ def test_map_declaring_millions_of_entries_is_rejected_fast(count: int) -> None:
         with pytest.raises(DecodeError, match=r"items|block"):
             codec.decode_request(frame(1, body))
 
-    elapsed, peak = _bounded(decode)
-    assert elapsed < 0.1
-    assert peak < 256 * 1024
+    assert _peak(decode) < 256 * 1024
 
 
-def test_string_declaring_gigabytes_is_rejected_fast() -> None:
+def test_string_declaring_gigabytes_is_rejected_in_bounded_memory() -> None:
     codec = Codec()
     body = zigzag(2**40) + b"abc"
 
@@ -237,9 +233,7 @@ def test_string_declaring_gigabytes_is_rejected_fast() -> None:
         with pytest.raises(DecodeError, match="string of"):
             codec.decode_request(frame(1, body))
 
-    elapsed, peak = _bounded(decode)
-    assert elapsed < 0.1
-    assert peak < 256 * 1024
+    assert _peak(decode) < 256 * 1024
 
 
 class HostileRegistry(EmbeddedRegistry):
@@ -262,9 +256,7 @@ def test_array_of_30_million_nulls_in_five_bytes_is_rejected() -> None:
         with pytest.raises(DecodeError, match="more than 10000"):
             codec.decode_request(frame(666, body))
 
-    elapsed, peak = _bounded(decode)
-    assert elapsed < 0.1
-    assert peak < 256 * 1024
+    assert _peak(decode) < 256 * 1024
 
 
 def test_limits_are_configurable() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,6 @@ CODEC = Codec()
 VALID_REQUEST = CODEC.encode_request(make_request())
 VALID_RESULT = CODEC.encode_result(make_result())
 MEMORY_BOUND = 2 * 1024 * 1024
-TIME_BOUND_S = 0.25
 
 FUZZ = settings(
     max_examples=400,
@@ -30,18 +28,16 @@ FUZZ = settings(
 
 
 def decode_bounded(decode: Callable[[bytes], Any], data: bytes) -> None:
-    """Decode ``data``: success or DecodeError, under the time and memory bounds."""
+    """Decode ``data``: success or DecodeError, under the memory bound (no time bound: it
+    would depend on the machine)."""
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         decode(data)
     except DecodeError:
         pass
     finally:
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    assert elapsed < TIME_BOUND_S, f"decode took {elapsed:.3f}s"
     assert peak < MEMORY_BOUND, f"decode peaked at {peak} bytes"
 
 
