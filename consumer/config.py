@@ -25,7 +25,7 @@ from pydantic_settings import (
 from producer_sdk.connection import KafkaConnection
 from schemas.errors import ConfigError
 
-__all__ = ["TIERS", "UNQUANTIZED_KV", "Delivery", "EngineKind", "Settings"]
+__all__ = ["TIERS", "UNQUANTIZED_KV", "Delivery", "EngineKind", "GroundingPolicy", "Settings"]
 
 TIERS: tuple[str, ...] = ("urgent", "high", "normal", "low")
 #: KV cache types that need no flash attention (a quantized V cache does).
@@ -45,6 +45,14 @@ class EngineKind(StrEnum):
     LLAMA = "llama"
     SEQUENTIAL = "sequential"
     FAKE = "fake"
+
+
+class GroundingPolicy(StrEnum):
+    """What happens to an explanation the grounding checker refuses."""
+
+    REPAIR = "repair"  # regenerate once, constrained; then the template
+    FLAG = "flag"  # publish as generated, with the verdict
+    OFF = "off"  # do not check
 
 
 #: The environment ``from_env`` reads; None: ``os.environ``.
@@ -111,6 +119,8 @@ class Settings(BaseSettings):
     # Prompt chunks are cut so one decode step takes about this long (0: only N_BATCH cuts):
     # a request arriving mid-step, an urgent one above all, waits for the step to end.
     max_step_ms: float = Field(250.0, ge=0)
+    # Each OK explanation is checked against its context (see consumer/runtime/grounded.py).
+    grounding: GroundingPolicy = GroundingPolicy.REPAIR
     warmup_on_start: bool = True  # one tiny generation per profile before joining the group
     fake_latency_ms: float = Field(0.0, ge=0)
     fake_failure_rate: float = Field(0.0, ge=0, le=1)

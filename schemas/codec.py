@@ -95,6 +95,7 @@ EMBEDDED_IDS: dict[tuple[str, int], int] = {
     (REQUEST_SUBJECT, 1): 1,
     (RESULT_SUBJECT, 1): 2,
     (RESULT_SUBJECT, 2): 3,  # adds compute_ms
+    (RESULT_SUBJECT, 3): 4,  # adds grounding
 }
 
 

@@ -14,6 +14,8 @@ __all__ = [
     "AnalysisContext",
     "ExplanationRequest",
     "ExplanationResult",
+    "Grounding",
+    "GroundingSource",
     "ModelInfoRecord",
     "ResultStatus",
     "SourceOffset",
@@ -141,6 +143,29 @@ class SourceOffset(BaseModel):
     offset: int
 
 
+class GroundingSource(StrEnum):
+    """Who wrote a published explanation."""
+
+    MODEL = "model"
+    TEMPLATE = "template"
+
+
+class Grounding(BaseModel):
+    """The grounding checker's verdict on an OK explanation (result schema v3).
+
+    ``grounded`` is about the published text; ``failed_checks`` lists what the model's
+    answers failed (``"<check>: <detail>"``), so a template answer says why it replaced
+    the model's.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    grounded: bool
+    failed_checks: list[str] = Field(default_factory=list)
+    attempts: int = 1
+    source: GroundingSource = GroundingSource.MODEL
+
+
 class ExplanationResult(BaseModel):
     """Exactly one per valid request; key = request_id."""
 
@@ -164,6 +189,7 @@ class ExplanationResult(BaseModel):
     request_offset: SourceOffset
     attempts: int = 1
     compute_ms: float | None = None  # v2
+    grounding: Grounding | None = None  # v3
 
     @field_validator("completed_at")
     @classmethod

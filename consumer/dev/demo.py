@@ -118,6 +118,9 @@ async def run_demo(
                             "confidence": None
                             if result.confidence_score is None
                             else round(result.confidence_score, 3),
+                            "grounding": None
+                            if result.grounding is None
+                            else result.grounding.model_dump(mode="json"),
                             "explanation": result.explanation or result.error,
                         }
                         print(json.dumps(line), file=out, flush=True)

@@ -141,6 +141,7 @@ def old_response(result: ExplanationResult) -> dict[str, Any]:
         "processing_time_ms": round(result.processing_time_ms),
         "model_info": result.model_info.model_dump(),
         "confidence_score": result.confidence_score,
+        "grounding": None if result.grounding is None else result.grounding.model_dump(mode="json"),
         "request_id": result.request_id,
         "status": result.status.value,
     }

@@ -57,6 +57,9 @@ class GenerationRequest:
     deadline_monotonic: float | None = None
     seed: int | None = None
     ignore_eos: bool = False
+    # GBNF the text must match (constrained decoding); engines without grammar support
+    # ignore it, and the grounding checker still judges the text.
+    grammar: str | None = None
     enqueued_monotonic: float = field(default_factory=time.monotonic)
 
     def remaining_s(self, now: float | None = None) -> float | None:

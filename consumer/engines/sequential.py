@@ -177,7 +177,7 @@ class SequentialEngine:
     def _run(
         self, llm: Any, request: GenerationRequest, cancel: threading.Event | None = None
     ) -> GenerationResult:
-        from llama_cpp import LogitsProcessorList
+        from llama_cpp import LlamaGrammar, LogitsProcessorList
 
         messages = build_messages(request.prompt_profile, request.context)
         deadline = request.deadline_monotonic
@@ -201,7 +201,14 @@ class SequentialEngine:
         processors = LogitsProcessorList([process])
         t0 = time.monotonic()
         try:
+            # llama-cpp-python applies a grammar to the whole vocabulary at every token.
+            grammar = (
+                LlamaGrammar.from_string(request.grammar, verbose=False)
+                if request.grammar
+                else None
+            )
             out = llm.create_chat_completion(
+                grammar=grammar,
                 messages=messages,
                 max_tokens=request.max_tokens,
                 temperature=max(request.temperature, 0.0),

@@ -5,6 +5,7 @@ The runner classifies what happened and lets pure functions decide
 ends in exactly one published result — OK, EXPIRED, REJECTED or FAILED — or in a requeue;
 even an engine whose ``model_info`` fails, or a bug in this module, yields a FAILED result.
 A breaker probe is taken only right before a real engine call and always given back.
+An OK answer goes through the GROUNDING policy (:mod:`consumer.runtime.grounded`) first.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from consumer.engines.base import Engine, GenerationRequest, GenerationResult, M
 from consumer.kafka.deadletters import DeadLetters, dlq_headers
 from consumer.kafka.intake import Work
 from consumer.kafka.sinks import Alternative, Headers, PublishError, Record, ResultSink
+from consumer.runtime.grounded import GroundedAnswer, ground
 from schemas.codec import Codec
 from schemas.errors import DeadlineExceeded, EncodeError, RequestRejected
 from schemas.models import (
     ExplanationResult,
+    Grounding,
     ModelInfoRecord,
     ResultStatus,
     SourceOffset,
@@ -77,6 +80,7 @@ class RequestRunner:
         on_retry: Callable[[Work], None],
         wake: asyncio.Event,
         on_fallback: Callable[[str], None] = lambda to: None,
+        on_grounded: Callable[[Work, GroundedAnswer], None] = lambda work, answer: None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -93,6 +97,7 @@ class RequestRunner:
         self._on_retry = on_retry
         self._wake = wake
         self._on_fallback = on_fallback
+        self._on_grounded = on_grounded
 
     async def run(
         self, entry: Buffered[Work], priority: int, release_slot: Callable[[], None]
@@ -179,7 +184,18 @@ class RequestRunner:
         if outcome.status is None:
             return None, outcome.backoff_s
         status = ResultStatus(outcome.status)
-        return self._result(work, status, generated, outcome.error, started), None
+        grounding = None
+        if status is ResultStatus.OK and generated is not None:
+            answer = await ground(
+                self.engine,
+                gen,
+                generated,
+                self.settings.grounding,
+                timeout_s=self.settings.request_timeout,
+            )
+            generated, grounding = answer.result, answer.grounding
+            self._on_grounded(work, answer)
+        return self._result(work, status, generated, outcome.error, started, grounding), None
 
     async def _generate(
         self, gen: GenerationRequest, deadline: float | None, started: float
@@ -221,6 +237,7 @@ class RequestRunner:
         generated: GenerationResult | None,
         error: str | None,
         started: float,
+        grounding: Grounding | None = None,
     ) -> ExplanationResult:
         info = self._model_info()
         req = work.request
@@ -258,6 +275,7 @@ class RequestRunner:
                 topic=work.tp.topic, partition=work.tp.partition, offset=work.offset
             ),
             attempts=max(1, work.attempts),
+            grounding=grounding if ok else None,
         )
 
     async def publish(self, work: Work, result: ExplanationResult) -> None:
@@ -323,7 +341,12 @@ class RequestRunner:
             # e.g. an explanation over the record size limit: answer FAILED, small.
             value = self.codec.encode_result(
                 result.model_copy(
-                    update={"status": ResultStatus.FAILED, "explanation": None, "error": str(exc)}
+                    update={
+                        "status": ResultStatus.FAILED,
+                        "explanation": None,
+                        "error": str(exc),
+                        "grounding": None,
+                    }
                 )
             )
         if not await self.sink.writable(topic):
@@ -342,6 +365,7 @@ def _failed(result: ExplanationResult, topic: str, error: BaseException) -> Expl
             "status": ResultStatus.FAILED,
             "explanation": None,
             "error": f"result could not be published to {topic}: {error}",
+            "grounding": None,
         }
     )
 

@@ -36,6 +36,7 @@ from consumer.kafka.sinks import AtLeastOnceSink, ResultSink
 from consumer.kafka.topics import settings_connection
 from consumer.runtime import status as status_view
 from consumer.runtime.dispatch import Dispatcher
+from consumer.runtime.grounded import GroundedAnswer
 from consumer.runtime.rebalance import RebalanceMixin
 from consumer.runtime.runner import RequestRunner
 from consumer.runtime.supervisor import Supervisor, finish_within
@@ -193,6 +194,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             on_retry=self._retrying,
             wake=self._wake,
             on_fallback=self.metrics.publish_fallback if self.metrics else lambda to: None,
+            on_grounded=self._grounded,
         )
         self.dispatcher = Dispatcher(
             scheduler=self.scheduler,
@@ -328,6 +330,10 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
                 result.completion_tokens,
             )
             self.metrics.set_circuit_state(self.breaker.state(time.monotonic()).value)
+
+    def _grounded(self, work: Work, answer: GroundedAnswer) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_grounding(work.tier, answer.reports, answer.grounding)
 
     def _retrying(self, work: Work) -> None:
         if self.metrics is not None:

@@ -73,7 +73,6 @@ def _roundtrip(record: dict[str, object], writer: dict, reader: dict) -> dict:
 def test_result_v2_adds_compute_ms_with_full_compatibility() -> None:
     v1 = load_schema(RESULT_SUBJECT, 1)
     v2 = load_schema(RESULT_SUBJECT, 2)
-    assert load_schema(RESULT_SUBJECT) == v2
     assert check_full_compatibility(v1, v2) == []
     # New readers see old records with compute_ms null; old readers skip the new field.
     old = _roundtrip(_record(), v1, v2)

@@ -69,7 +69,7 @@ def test_unknown_profile_is_rejected_naming_the_known_ones() -> None:
 
 
 def test_context_renders_as_json_data_between_tags() -> None:
-    message = user_message(ctx())
+    message = user_message(ctx(), fmt="json")
     assert message.count(DATA_OPEN) == 1
     assert message.endswith(DATA_CLOSE)
     data = json.loads(data_block(message))
@@ -79,7 +79,7 @@ def test_context_renders_as_json_data_between_tags() -> None:
 
 
 def test_injection_text_stays_escaped_data() -> None:
-    message = user_message(ctx(attributes={"note": INJECTION}, symbol=INJECTION))
+    message = user_message(ctx(attributes={"note": INJECTION}, symbol=INJECTION), fmt="json")
     block = data_block(message)
     # The delimiter and the chat-template control tokens cannot appear inside the block.
     assert message.count(DATA_CLOSE) == 1
@@ -111,11 +111,33 @@ def escape_data_of(context: dict[str, object]) -> str:
 
 @given(st.text(), st.text())
 def test_any_attribute_round_trips_and_never_closes_the_block(key: str, value: str) -> None:
-    message = user_message(ctx(attributes={key: value}))
+    message = user_message(ctx(attributes={key: value}), fmt="json")
     assert message.count(DATA_CLOSE) == 1
     block = data_block(message)
     assert all(c not in block for c in "<>&")
     assert json.loads(block)["attributes"] == {key: value}
+
+
+def test_facts_are_short_sentences_with_quotable_values() -> None:
+    message = user_message(ctx(metrics={"sentiment_score": -0.72, "return_1m": 0.084}))
+    lines = data_block(message).splitlines()
+    assert lines == [
+        "Symbol: AAPL.",
+        "Analysis: sentiment.",
+        "Return 1m is 0.084 (8.4%), up.",
+        "Sentiment score is -0.72, negative.",
+        "Source is news.",
+    ]
+    assert "{" not in message and "_" not in data_block(message)
+
+
+@given(st.text(), st.text(max_size=300))
+def test_facts_never_close_the_block_or_carry_markup(key: str, value: str) -> None:
+    message = user_message(ctx(attributes={key: value}, symbol=INJECTION[:32]))
+    assert message.count(DATA_CLOSE) == 1 and message.count(DATA_OPEN) == 1
+    block = data_block(message)
+    assert all(c not in block for c in "<>{}|")
+    assert "\x00" not in block and all(line.isprintable() for line in block.splitlines())
 
 
 def test_escape_data_is_valid_json() -> None:
@@ -148,7 +170,7 @@ def test_rendered_prompt_has_one_system_turn(prompter_factory) -> None:
     text = prompter.render("options", ctx(attributes={"note": INJECTION}))
     assert text.startswith("<|im_start|>system\n" + PROFILES["options"] + "<|im_end|>\n")
     assert text.count("<|im_start|>") == 3  # system, user, assistant
-    assert text.endswith("<|im_start|>assistant\n")
+    assert text.endswith("<|im_start|>assistant\nAAPL")  # the answer starts with the symbol
     assert prompter.stop == ["<|im_end|>"]
 
 

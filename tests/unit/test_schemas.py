@@ -19,6 +19,8 @@ from schemas.models import (
     AnalysisContext,
     ExplanationRequest,
     ExplanationResult,
+    Grounding,
+    GroundingSource,
     ModelInfoRecord,
     ResultStatus,
     SourceOffset,
@@ -33,6 +35,8 @@ MODELS: dict[str, type[Any]] = {
     "ModelInfo": ModelInfoRecord,
     "SourceOffset": SourceOffset,
     "ResultStatus": ResultStatus,
+    "Grounding": Grounding,
+    "GroundingSource": GroundingSource,
 }
 #: Avro-required fields the pydantic model fills in itself when the caller omits them.
 GENERATED = {
@@ -171,6 +175,8 @@ def _python_type(avro: Any) -> Any:
         kind = avro["type"]
         if kind == "map":
             return dict[str, _python_type(avro["values"])]  # type: ignore[misc]
+        if kind == "array":
+            return list[_python_type(avro["items"])]  # type: ignore[misc]
         if kind in ("record", "enum"):
             return MODELS[avro["name"]]
         return _python_type(kind)
@@ -197,7 +203,7 @@ def _avro_default(avro_type: Any, value: Any) -> Any:
     if value is not None and avro_type == "float":
         return float32(value)
     if isinstance(avro_type, dict) and avro_type.get("type") == "enum":
-        return ResultStatus(value)
+        return MODELS[avro_type["name"]](value)
     return value
 
 

@@ -179,6 +179,7 @@ class LlamaEngine:
         if enc is not None:
             check_budget(len(enc.tokens), request.max_tokens, self._seq_budget)
             job.prompt, job.prefix_len, job.generation = enc.tokens, enc.prefix_len, m.generation
+            job.text = bytearray(enc.answer_prefix.encode())
         self._loop.inbox.put(("submit", job))
         try:
             return await job.future

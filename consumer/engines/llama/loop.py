@@ -246,7 +246,7 @@ class BatchLoop:
         out_tok = b.out_tok
         for i, slot in enumerate(active):
             assert slot.job is not None
-            out_tok[i] = llama_cpp.llama_sampler_sample(slot.job.sampler, m.ctx, slot.out_idx)
+            out_tok[i] = slot.job.sampler.sample(m.ctx, slot.out_idx)
         t3 = time.perf_counter()
         lps = self._logprobs.compute(m.ctx, out_tok, len(active))
         t4 = time.perf_counter()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from consumer.engines.prompts import PromptProfile
+from schemas.errors import EngineError
 
 if TYPE_CHECKING:
     from consumer.engines.base import GenerationRequest
@@ -26,6 +27,7 @@ __all__ = [
     "TOP_P",
     "Logprobs",
     "Pieces",
+    "Sampler",
     "free_sampler",
     "hit_stop",
     "make_sampler",
@@ -36,14 +38,97 @@ TOP_P = 0.95
 MIN_P = 0.05
 
 
+class Sampler:
+    """One request's ``llama_sampler`` chain and, with a grammar, its grammar sampler.
+
+    The grammar is applied lazily, as llama.cpp's own common sampler does: the chain picks
+    a token, the grammar judges that one token, and only a refused pick makes the grammar
+    filter the whole vocabulary (about 20 ms a step on 49k tokens on a 2-core CPU, against
+    0.1 ms; the batch's step waits for it). A refused pick is replaced by the most likely
+    token the grammar allows.
+    """
+
+    def __init__(self, chain: Any, grammar: Any = None, n_vocab: int = 0) -> None:
+        self.chain = chain
+        self.grammar = grammar
+        self.n_vocab = n_vocab
+        self.refused = 0  # picks the grammar refused (each cost a full-vocabulary pass)
+        self._one: Any = None
+        self._all: np.ndarray | None = None
+
+    def sample(self, ctx: Any, idx: int) -> int:
+        """The next token for output row ``idx`` of ``ctx``'s last decode."""
+        import llama_cpp
+
+        token = int(llama_cpp.llama_sampler_sample(self.chain, ctx, idx))
+        if self.grammar is None:
+            return token
+        if not self._allows(token):
+            self.refused += 1
+            token = self._best_allowed(llama_cpp.llama_get_logits_ith(ctx, idx))
+        llama_cpp.llama_sampler_accept(self.grammar, token)
+        return token
+
+    def _allows(self, token: int) -> bool:
+        import llama_cpp
+
+        if self._one is None:
+            self._one = (llama_cpp.llama_token_data * 1)()
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        arr = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        return bool(math.isfinite(self._one[0].logit))
+
+    def _best_allowed(self, logits_ptr: Any) -> int:
+        import llama_cpp
+
+        n = self.n_vocab
+        if self._all is None:
+            self._all = np.zeros(n, dtype=_TOKEN_DATA)
+            self._all["id"] = np.arange(n, dtype=np.int32)
+        logits = np.ctypeslib.as_array(logits_ptr, shape=(n,))
+        self._all["logit"] = logits
+        self._all["p"] = 0.0
+        data = self._all.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        arr = llama_cpp.llama_token_data_array(data, n, -1, False)
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        return int(self._all["id"][int(np.argmax(self._all["logit"]))])
+
+    def free(self) -> None:
+        """Free the C samplers (idempotent)."""
+        import llama_cpp
+
+        if self.chain is not None:
+            llama_cpp.llama_sampler_free(self.chain)
+            self.chain = None
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_free(self.grammar)
+            self.grammar = None
+
+
+# llama_token_data as numpy lays it out: int32 id, float logit, float p.
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
 def make_sampler(
-    req: GenerationRequest, profile: PromptProfile, n_vocab: int, eog_ids: list[int]
-) -> Any:
-    """A ``llama_sampler`` chain for one request (greedy at temperature 0)."""
+    req: GenerationRequest,
+    profile: PromptProfile,
+    n_vocab: int,
+    eog_ids: list[int],
+    vocab: Any = None,
+) -> Sampler:
+    """The samplers of one request (greedy at temperature 0; ``req.grammar`` constrains
+    the text, see :class:`Sampler`). EngineError when the grammar does not parse."""
     import llama_cpp
 
+    grammar = None
+    if req.grammar:
+        grammar = llama_cpp.llama_sampler_init_grammar(vocab, req.grammar.encode(), b"root")
+        if not grammar:
+            raise EngineError(f"request {req.request_id}: grammar does not parse")
     add = llama_cpp.llama_sampler_chain_add
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    sampler = Sampler(chain, grammar, n_vocab)
     if req.ignore_eos and eog_ids:
         arr: Any = (llama_cpp.llama_logit_bias * len(eog_ids))()
         for i, t in enumerate(eog_ids):
@@ -52,7 +137,7 @@ def make_sampler(
         add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(eog_ids), arr))
     if req.temperature <= 0:
         add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
+        return sampler
     seed = req.seed if req.seed is not None else random.getrandbits(32)
     top_k = TOP_K if profile.top_k is None else profile.top_k
     if top_k > 0:
@@ -67,15 +152,13 @@ def make_sampler(
     )
     add(chain, llama_cpp.llama_sampler_init_temp(req.temperature))
     add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-    return chain
+    return sampler
 
 
-def free_sampler(sampler: Any) -> None:
-    """Free a chain made by :func:`make_sampler` (None is ignored)."""
+def free_sampler(sampler: Sampler | None) -> None:
+    """Free what :func:`make_sampler` made (None is ignored)."""
     if sampler is not None:
-        import llama_cpp
-
-        llama_cpp.llama_sampler_free(sampler)
+        sampler.free()
 
 
 class Logprobs:

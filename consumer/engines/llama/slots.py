@@ -141,9 +141,10 @@ class SlotTable:
                     enc.prefix_len,
                     m.generation,
                 )
+                job.text = bytearray(enc.answer_prefix.encode())
             if job.sampler is None:
                 profile = m.profiles.get(req.prompt_profile)
-                job.sampler = make_sampler(req, profile, m.n_vocab, m.eog_ids)
+                job.sampler = make_sampler(req, profile, m.n_vocab, m.eog_ids, m.vocab)
                 job.stops = tuple(s.encode() for s in m.prompter.stop if s)
                 job.started = time.monotonic()
                 if self.token_trace is not None:
