@@ -303,6 +303,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "consumer.dev.bench_memory",
     "consumer.dev.bench_scale",
     "consumer.dev.bench_e2e",
+    "consumer.dev.bench_quality",
     "consumer.dev.bench_report",
 )
 

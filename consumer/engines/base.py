@@ -60,6 +60,8 @@ class GenerationRequest:
     # GBNF the text must match (constrained decoding); engines without grammar support
     # ignore it, and the grounding checker still judges the text.
     grammar: str | None = None
+    # The answer's first words, written by the engine itself (None: the profile's anchor).
+    answer_prefix: str | None = None
     enqueued_monotonic: float = field(default_factory=time.monotonic)
 
     def remaining_s(self, now: float | None = None) -> float | None:

@@ -196,11 +196,12 @@ class ChatPrompter:
         """Apply the chat template (with the assistant generation prompt)."""
         return self._formatter(messages=list(messages)).prompt  # type: ignore[arg-type]
 
-    def render(self, profile: str, context: Mapping[str, Any]) -> str:
-        """The full prompt text for one request (ending with its answer prefix)."""
+    def render(self, profile: str, context: Mapping[str, Any], prefix: str | None = None) -> str:
+        """The full prompt text for one request, ending with its answer prefix (``prefix``,
+        else the profile's anchor)."""
         p = self.profiles.get(profile)
         prompt = self.render_messages(_messages(p, context))
-        return prompt + answer_prefix(p, context)
+        return prompt + (answer_prefix(p, context) if prefix is None else prefix)
 
     def _prefix_candidates(self, profile: str) -> list[str]:
         p = self.profiles.get(profile)
@@ -235,13 +236,15 @@ class ChatPrompter:
         self._prefix_cache[profile] = chosen
         return chosen
 
-    def encode(self, profile: str, context: Mapping[str, Any]) -> EncodedPrompt:
+    def encode(
+        self, profile: str, context: Mapping[str, Any], prefix: str | None = None
+    ) -> EncodedPrompt:
         """Token ids of the request's prompt and the length of the shared prefix."""
         if self._tokenize is None:
             raise RuntimeError("ChatPrompter was built without a tokenizer")
         _, prefix_tokens = self.prefix(profile)
-        tokens = self._tokenize(self.render(profile, context))
-        anchor = answer_prefix(self.profiles.get(profile), context)
+        tokens = self._tokenize(self.render(profile, context, prefix))
+        anchor = answer_prefix(self.profiles.get(profile), context) if prefix is None else prefix
         n = len(prefix_tokens)
         if n and len(tokens) > n and tokens[:n] == prefix_tokens:
             return EncodedPrompt(tokens, n, anchor)

@@ -22,7 +22,13 @@ import logging
 from dataclasses import dataclass, replace
 
 from consumer.config import GroundingPolicy
-from consumer.core.grounding import Report, allowed_numbers, check, template_explanation
+from consumer.core.grounding import (
+    Report,
+    allowed_numbers,
+    check,
+    repair_prefix,
+    template_explanation,
+)
 from consumer.engines.base import Engine, GenerationRequest, GenerationResult
 from schemas.models import Grounding, GroundingSource
 
@@ -96,6 +102,7 @@ async def _repair(
         temperature=0.0,
         seed=None,
         grammar=number_grammar(request.context),
+        answer_prefix=repair_prefix(request.context),
     )
     try:
         second = await asyncio.wait_for(engine.generate(again), budget)

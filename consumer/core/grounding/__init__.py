@@ -7,7 +7,7 @@ values; :func:`template_explanation` writes an explanation grounded by construct
 """
 
 from consumer.core.grounding.checks import ACRONYMS, CHECKS, Report, check
-from consumer.core.grounding.template import template_explanation
+from consumer.core.grounding.template import repair_prefix, template_explanation
 from consumer.core.grounding.values import (
     allowed_numbers,
     context_numbers,
@@ -24,5 +24,6 @@ __all__ = [
     "context_numbers",
     "facts",
     "format_value",
+    "repair_prefix",
     "template_explanation",
 ]

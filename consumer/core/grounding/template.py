@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from consumer.core.grounding.values import fact_lines
+from consumer.core.grounding.values import clean_text, fact_lines, key_words
 
-__all__ = ["template_explanation"]
+__all__ = ["repair_prefix", "template_explanation"]
 
 
 def template_explanation(context: Mapping[str, Any]) -> str:
@@ -37,3 +37,15 @@ def template_explanation(context: Mapping[str, Any]) -> str:
     if as_of:
         text += f" (as of {as_of})"
     return text + "."
+
+
+def repair_prefix(context: Mapping[str, Any]) -> str:
+    """The first words of a repair attempt: the symbol and the context's first metric, up
+    to where its value goes (``"AAPL's sentiment score is"``), so the second answer starts
+    on the data."""
+    symbol = clean_text(context.get("symbol") or "", 32)
+    first = next(iter(dict(context.get("metrics") or {})), None)
+    if first is None:
+        return symbol
+    label = clean_text(" ".join(key_words(str(first))), 64)
+    return f"{symbol}'s {label} is" if symbol else f"The {label} is"

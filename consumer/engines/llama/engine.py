@@ -302,7 +302,7 @@ def _prepare(m: NativeModel, request: GenerationRequest) -> EncodedPrompt | None
     with m.lock:
         if m.freed:
             return None
-        return m.prompter.encode(request.prompt_profile, request.context)
+        return m.prompter.encode(request.prompt_profile, request.context, request.answer_prefix)
 
 
 def _kv_bytes(m: NativeModel | None) -> int:

@@ -134,7 +134,8 @@ class SlotTable:
         req = job.request
         try:
             if job.prompt is None or (job.generation != m.generation and not job.generated):
-                enc = m.prompter.encode(req.prompt_profile, req.context)  # reload fallback
+                # reload fallback
+                enc = m.prompter.encode(req.prompt_profile, req.context, req.answer_prefix)
                 check_budget(len(enc.tokens), req.max_tokens, self._seq_budget)
                 job.prompt, job.prefix_len, job.generation = (
                     enc.tokens,
