@@ -51,4 +51,7 @@ async def test_request_flows_to_a_result(topics) -> None:
     assert result.status is ResultStatus.OK
     assert result.tier == "normal"
     assert "SYM1" in (result.explanation or "")
+    # GROUNDING=repair by default: the answer was checked and the verdict travels with it.
+    assert result.grounding is not None and result.grounding.grounded
+    assert result.grounding.source.value == "model" and result.grounding.attempts == 1
     assert result.request_offset.topic == settings.request_topics()["normal"]

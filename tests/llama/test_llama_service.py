@@ -72,10 +72,47 @@ async def test_every_tier_answered_by_the_real_model_across_a_hot_reload(
     for r in results:
         assert r.status is ResultStatus.OK, (r.request_id, r.error)
         assert r.explanation and r.explanation.strip()
-        assert 0 < r.completion_tokens <= 24
+        assert r.grounding is not None and r.grounding.grounded
+        assert 0 < r.completion_tokens <= 24 * r.grounding.attempts  # a repair adds its own
         assert r.prompt_tokens > 0
-        assert r.confidence_score is not None and 0.0 < r.confidence_score <= 1.0
+        if r.grounding.source.value == "model":
+            assert r.confidence_score is not None and 0.0 < r.confidence_score <= 1.0
         assert r.model_info.model_sha256 == sha
         assert r.model_info.quantization == "Q4_1"
     assert {r.tier for r in results} == set(requests)
     assert stats["prefix_cache_hits"] >= expected
+
+
+async def test_with_defaults_every_ok_result_of_the_bundled_model_passes_the_checker(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """GROUNDING=repair (the default), real Kafka, the bundled model, contexts it has never
+    seen: every OK result is grounded, says who wrote it, and the checker agrees."""
+    from consumer.core.grounding import check
+    from consumer.dev.quality_contexts import QUALITY_CONTEXTS
+
+    settings = make_settings(engine="llama", max_concurrent_requests=4, n_threads=2)
+    await ensure_service_topics(settings)
+    boot = settings.kafka_bootstrap_servers
+    chosen = QUALITY_CONTEXTS[::4]  # 12 of the bench's contexts, both profiles
+    requests = [
+        make_request(i, context=AnalysisContext(**context), prompt_profile=profile, max_tokens=60)
+        for i, (profile, context) in enumerate(chosen)
+    ]
+    async with ConsumerService(settings):
+        await produce_requests(boot, settings.request_topics()["normal"], requests)
+        results = await collect(boot, settings.results_topic, len(requests), timeout_s=400)
+    by_id = {r.request_id: r for r in results}
+    assert set(by_id) == {r.request_id for r in requests}
+    sources = []
+    for req in requests:
+        r = by_id[req.request_id]
+        assert r.status is ResultStatus.OK, r.error
+        assert r.grounding is not None and r.grounding.grounded, r.grounding
+        context = req.context.model_dump()
+        assert check(r.explanation or "", context).grounded, (r.explanation, context)
+        sources.append(r.grounding.source.value)
+        if r.grounding.source.value == "template":
+            assert r.grounding.failed_checks, "a template answer says why it replaced the model"
+            assert r.confidence_score is None
+    assert set(sources) <= {"model", "template"}
