@@ -119,6 +119,8 @@ bench: $(VENV)/.installed
 	$(BIN)/explainstream bench memory --out docs/benchmarks/memory.json
 	$(BIN)/explainstream bench scale --out docs/benchmarks/scale.json
 	$(BIN)/explainstream bench e2e --out docs/benchmarks/e2e.json
+	$(BIN)/explainstream bench quality --out docs/benchmarks/quality.json \
+		--plot docs/benchmarks/quality.png > docs/benchmarks/quality.md
 	$(BIN)/explainstream bench report --dir docs/benchmarks
 
 clean:

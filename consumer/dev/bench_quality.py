@@ -154,7 +154,11 @@ async def run_quality_bench(
     try:
         await engine.warmup()
         for spec in policies:
-            policy, grammar = GroundingPolicy(spec.split("+")[0]), spec.endswith("+grammar")
+            policy = GroundingPolicy(spec.replace("-", "+").split("+")[0])
+            # As the service does: checked answers are generated under the number grammar.
+            grammar = spec.endswith("+grammar") or (
+                policy is not GroundingPolicy.OFF and not spec.endswith("-grammar")
+            )
             shape = (concurrency, max_tokens, temperature)
             await run_policy(engine, policy, min(n, 8), *shape, samples=0, grammar_first=grammar)
             run = await run_policy(engine, policy, n, *shape, grammar_first=grammar)
@@ -274,13 +278,14 @@ def plot(report: dict[str, Any], path: str) -> None:
 
 
 def _policies(text: str) -> list[str]:
-    """``off,flag,repair``; ``+grammar`` constrains the first answer's numbers too."""
+    """``off,flag,repair`` as the service runs them (the first answer under the number
+    grammar unless ``off``); ``+grammar`` / ``-grammar`` force it on or off."""
     specs = [x.strip() for x in text.split(",") if x.strip()]
     for spec in specs:
-        base, _, extra = spec.partition("+")
+        base, _, extra = spec.replace("-", "+").partition("+")
         if base not in {p.value for p in GroundingPolicy} or extra not in ("", "grammar"):
             raise argparse.ArgumentTypeError(
-                f"policies are off, flag, repair, each optionally +grammar: {text!r}"
+                f"policies are off, flag, repair, each optionally +grammar or -grammar: {text!r}"
             )
     return specs
 

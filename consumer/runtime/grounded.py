@@ -39,6 +39,7 @@ log = logging.getLogger("explainstream.grounding")
 # Characters the constrained repair may write outside a number: anything but digits, % (only
 # after a number whose percent form the facts show) and the markup of the data block or JSON.
 _FREE = r"[^0-9%<>{}|\[\]\\]"
+_END = r"[^0-9%<>{}|\[\]\\.,]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,12 @@ def number_grammar(context: dict[str, object]) -> str:
     if not numbers:
         return f"root ::= {_FREE}*\n"
     alternatives = " | ".join(_gbnf_literal(n) for n in numbers)
-    return f"root ::= ch* (num ch+)* num?\nch ::= {_FREE}\nnum ::= {alternatives}\n"
+    # After a number: a character that cannot extend it ("45" "." "0.184" would read as
+    # 45.0.184), or "." / "," followed by one; a last "." may end the text.
+    return (
+        f"root ::= ch* (num tail ch*)* (num [.,]?)?\nch ::= {_FREE}\n"
+        f"tail ::= end | [.,] end\nend ::= {_END}\nnum ::= {alternatives}\n"
+    )
 
 
 def _add(a: GenerationResult, b: GenerationResult | None, text: str) -> GenerationResult:

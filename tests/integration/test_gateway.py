@@ -95,6 +95,8 @@ async def test_old_example_request_gets_the_old_response_shape(
     assert isinstance(body["tokens_used"], int)
     assert isinstance(body["processing_time_ms"], int)
     assert {"model_name", "quantization", "gpu_layers", "context_size"} <= set(body["model_info"])
+    # New beside the old keys: the grounding verdict (GROUNDING=repair by default).
+    assert body["grounding"]["grounded"] is True and body["grounding"]["source"] == "model"
     assert batch["total_processed"] == 2
     assert all(set(r) >= OLD_RESPONSE_KEYS for r in batch["results"])
     assert len({r["request_id"] for r in batch["results"]}) == 2

@@ -90,6 +90,11 @@ REAL_FAILURES = [
     ),
     ("AAPL trades at " + "1" * 120 + ".", AAPL, {"number"}),
     (
+        "INTC's rsi 14 is down 45.0.184.0.184.",
+        {"analysis_type": "momentum", "symbol": "INTC", "metrics": {"rsi_14": 45.0, "x": 0.184}},
+        {"number"},
+    ),
+    (
         "CRM rose 6.1% this month on a price of 246.8.",
         {**MOMENTUM, "metrics": {"return_1m": -0.061, "current_price": 246.8}},
         {"direction"},

@@ -166,3 +166,30 @@ def test_result_v3_adds_grounding_with_full_compatibility() -> None:
     old_reader = _roundtrip(_record(compute_ms=1.0, grounding=verdict), v3, v2)
     assert "grounding" not in old_reader and old_reader["compute_ms"] == 1.0
     assert _roundtrip(_record(grounding=verdict), v3, v3)["grounding"] == verdict
+
+
+async def test_grounding_metrics_count_checks_and_who_answered() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from consumer.ops.metrics import Metrics
+
+    reg = CollectorRegistry()
+    metrics = Metrics(reg)
+
+    def value(name: str, **labels: str) -> float:
+        return reg.get_sample_value(name, labels) or 0.0
+
+    assert value("explainstream_grounding_checks_total", check="number", outcome="fail") == 0
+    answer = await ground(
+        Scripted("AAPL rose 3.3%."), request(), result(BAD), GroundingPolicy.REPAIR
+    )
+    metrics.observe_grounding("urgent", answer.reports, answer.grounding)
+    assert value("explainstream_grounding_checks_total", check="number", outcome="fail") == 2
+    assert value("explainstream_grounding_checks_total", check="ticker", outcome="fail") == 1
+    assert value("explainstream_grounding_checks_total", check="ticker", outcome="pass") == 1
+    labels = {"priority": "urgent", "source": "template", "grounded": "true"}
+    assert value("explainstream_grounding_results_total", **labels) == 1
+    ok = await ground(Scripted(), request(), result(GOOD), GroundingPolicy.REPAIR)
+    metrics.observe_grounding("low", ok.reports, ok.grounding)
+    labels = {"priority": "low", "source": "model", "grounded": "true"}
+    assert value("explainstream_grounding_results_total", **labels) == 1

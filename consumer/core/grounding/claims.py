@@ -5,6 +5,7 @@ Pure text scanning; :mod:`consumer.core.grounding.checks` compares them with the
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ _NUMBER = re.compile(
     (?P<sign>(?<![\w.,])[-+\u2212])?
     (?P<cur>[$\u20ac\u00a3])?
     (?<![\d.,])
-    (?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)
+    (?P<num>\d+(?:\.\d+){2,}|\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)
     (?P<unit>
         \s?(?:%|percent\b|per\s+cent\b)
       | \s?(?:bps|bp|basis\s+points?)\b
@@ -67,11 +68,9 @@ def number_claims(text: str) -> list[NumberClaim]:
     out = []
     for m in _NUMBER.finditer(text):
         digits = m.group("num").replace(",", "")
-        try:
-            magnitude = float(digits)
-        except ValueError:  # pragma: no cover - the pattern only admits numbers
-            continue
-        decimals = len(digits.split(".", 1)[1]) if "." in digits else 0
+        # "45.0.184": digits glued by dots are no number a context can support.
+        magnitude = float(digits) if digits.count(".") <= 1 else math.nan
+        decimals = len(digits.rsplit(".", 1)[1]) if "." in digits else 0
         sign_text = m.group("sign") or ""
         sign = -1 if sign_text in ("-", "\u2212") else 1 if sign_text == "+" else 0
         unit_text = " ".join((m.group("unit") or "").split()).lower()
