@@ -198,6 +198,10 @@ class _Checker:
         misattributed: list[str] = []
         signs: list[str] = []
         for claim in self.claims:
+            if claim.magnitude != claim.magnitude:  # dotted digits: only as the context has them
+                if claim.text.strip("$%+-\u2212 ") not in self._context_text():
+                    unsupported.append(claim.text)
+                continue
             metrics = [n for n in self.numbers.metrics if _quotes(claim, n)]
             free = self.numbers.free_quoted(claim)
             if not metrics and not free:
@@ -213,6 +217,13 @@ class _Checker:
         self.verdict("number", unsupported if self.claims else None)
         self.verdict("misattribution", misattributed if self.metric_quoted else None)
         self._signs = signs
+
+    def _context_text(self) -> str:
+        c = self.context
+        parts = [str(c.get("analysis_type", "")), str(c.get("symbol") or ""), str(c.get("as_of"))]
+        for key, value in dict(c.get("attributes") or {}).items():
+            parts += [str(key), str(value)]
+        return " ".join(parts + [str(k) for k in dict(c.get("metrics") or {})])
 
     def _misattributed(self, claim: NumberClaim, metrics: list[ContextNumber]) -> list[str]:
         owners: set[str] = set()
