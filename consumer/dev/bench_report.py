@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["build_report", "headline", "register"]
 
-NAMES = ("engine", "peer", "pipeline", "priority", "memory", "scale", "e2e")
+NAMES = ("engine", "peer", "pipeline", "priority", "memory", "scale", "e2e", "quality")
 
 
 def load(directory: Path) -> dict[str, dict[str, Any]]:
@@ -120,12 +120,37 @@ def headline(data: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]
             rows.append(
                 ("peer", f"llama / llama-server tokens/s, concurrency {c}", f"{r:.2f}x", "figure")
             )
+    if "quality" in data:
+        rows += _quality_rows(data["quality"])
     if "e2e" in data:
         r = _num(data["e2e"].get("llama_over_sequential_explanations_per_min"))
         rows.append(
             ("e2e", "llama vs sequential explanations/min through Kafka", f"{r:.2f}x", "figure")
         )
     return rows
+
+
+def _quality_rows(q: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    runs = {r["policy"]: r for r in q.get("runs", [])}
+    r = runs.get("repair")
+    if r is None:
+        return []
+    share, tps = _num(r.get("model_share")), _num(r.get("tokens_per_s_vs_off"))
+    return [
+        (
+            "quality",
+            "GROUNDING=repair: the model writes >= 70 % of OK results (stretch 90 %)",
+            f"{share:.0%} (published grounded {_num(r.get('published_grounded')):.0%})",
+            "met" if share >= 0.7 else f"missed: {share / 0.7:.0%} of the goal",
+        ),
+        (
+            "quality",
+            "GROUNDING=repair costs <= 15 % of tokens/s vs off",
+            f"{tps:.2f}x (results/s {_num(r.get('results_per_s_vs_off')):.2f}x, "
+            f"p95 {_num(r.get('p95_vs_off')):.2f}x)",
+            "met" if tps >= 0.85 else f"missed: by {0.85 - tps:.2f}",
+        ),
+    ]
 
 
 def _plots(data: dict[str, dict[str, Any]], out: Path) -> list[tuple[str, str]]:
