@@ -37,6 +37,9 @@ class LlamaEngine:
     """Continuous batching on one model and one llama.cpp context (see the package doc)."""
 
     name = "llama"
+    # The grammar judges the sampled token only (full vocabulary on a refusal): cheap enough
+    # to constrain every checked answer (see consumer.runtime.grounded).
+    cheap_grammar = True
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
