@@ -213,6 +213,12 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "FLASH_ATTN", f"off needs KV_CACHE_TYPE f16 or f32 (got {self.kv_cache_type})"
             )
+        if self.breaker_min_calls > self.breaker_window:
+            raise ConfigError(
+                "BREAKER_MIN_CALLS",
+                f"must be at most BREAKER_WINDOW (got {self.breaker_min_calls} > "
+                f"{self.breaker_window}): the breaker could never open",
+            )
         if self.max_queue_size < self.max_concurrent_requests:
             raise ConfigError("MAX_QUEUE_SIZE", "must be at least MAX_CONCURRENT_REQUESTS")
         if self.model_path is not None and not os.path.isfile(self.model_path):
@@ -227,6 +233,13 @@ class Settings(BaseSettings):
             token=self.schema_registry_token,
             cafile=self.schema_registry_cafile,
         )
+
+    def rebalance_timeout_ms(self) -> int:
+        """How long the group coordinator waits for this member to rejoin: the revoke drain
+        (DRAIN_TIMEOUT_S) plus room for its final commit, never below the session timeout.
+        aiokafka's own default (the session timeout) evicted a member whose drain ran long
+        mid-callback: its commit failed and a graceful rebalance answered twice."""
+        return max(self.kafka_session_timeout_ms, int(self.drain_timeout_s * 1000) + 15_000)
 
     def kafka_connection(self, client_id: str = "explainstream") -> KafkaConnection:
         """Connection settings (bootstrap, SASL/TLS) for any Kafka client of the service."""

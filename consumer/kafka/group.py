@@ -49,6 +49,7 @@ def make_consumer(settings: Settings, conn: dict[str, Any]) -> AIOKafkaConsumer:
         isolation_level="read_committed",
         max_poll_interval_ms=s.kafka_max_poll_interval_ms,
         session_timeout_ms=s.kafka_session_timeout_ms,
+        rebalance_timeout_ms=s.rebalance_timeout_ms(),
         heartbeat_interval_ms=min(3000, s.kafka_session_timeout_ms // 3),
         max_partition_fetch_bytes=256 * 1024,
         fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,

@@ -14,7 +14,10 @@ Each pass decides with pure functions (:func:`~consumer.core.flow.desired_pauses
   to the DLQ through a bounded number of sends (with all of them busy, the partition is
   held the same way: the loop itself never blocks, so polling never stops);
 * after a pass, idle partitions take the consumer's position (which skips transaction
-  markers) as their commit position — only here, never while records are half taken.
+  markers) as their commit position — only here, never while records are half taken;
+* a batch the client itself cannot parse (``getmany`` raises something other than a
+  ``KafkaError``) never ends the loop: :mod:`consumer.kafka.unreadable` rewinds, reads
+  record by record and dead-letters a reference to the one record that fails.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from consumer.core.offsets import OffsetTracker
 from consumer.core.partitions import PartitionBook, PartitionState
 from consumer.core.scheduler import TierScheduler
 from consumer.kafka.deadletters import DeadLetters
+from consumer.kafka.unreadable import UnreadableRecords
 from schemas.codec import Codec
 from schemas.errors import DecodeError
 from schemas.models import ExplanationRequest
@@ -93,6 +97,7 @@ class Intake:
         self.paused: set[Any] = set()
         self.polls = 0
         self.stopping = False
+        self.unreadable = UnreadableRecords(consumer)
 
     def decide_pauses(self, now: float) -> set[Any]:
         """Which owned partitions must be paused now."""
@@ -129,11 +134,24 @@ class Intake:
                     self._max_uncommitted - self._tracker.uncommitted(tp) for tp in fetchable
                 ],
             )
+            careful = self.unreadable.pick(fetchable)
             try:
-                batch = await consumer.getmany(timeout_ms=100, max_records=max(1, budget))
+                if careful is not None:
+                    batch = await consumer.getmany(careful, timeout_ms=100, max_records=1)
+                    if not batch.get(careful):
+                        self.unreadable.caught_up(careful)
+                else:
+                    batch = await consumer.getmany(timeout_ms=100, max_records=max(1, budget))
             except KafkaError as exc:
                 log.warning("fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
+                continue
+            except Exception as exc:  # the client could not parse a record it fetched
+                self.polls += 1
+                if careful is None:
+                    await self.unreadable.rewind(fetchable, exc)
+                else:
+                    await self._dead_letter_unreadable(careful, exc)
                 continue
             self.polls += 1
             if batch:
@@ -149,6 +167,7 @@ class Intake:
                 # Not ours to take now: rewind so nothing fetched is skipped.
                 if tp in self.consumer.assignment():
                     self.consumer.seek(tp, records[0].offset)
+                    self.unreadable.took(tp, records[0].offset)
                 continue
             tier_index = self._book.tiers()[tp]
             for record in records:
@@ -166,10 +185,12 @@ class Intake:
                         self._hold(tp, record.offset, "waits for a free DLQ send slot")
                         break
                     self._tracker.started(tp, record.offset)
+                    self.unreadable.took(tp, record.offset + 1)
                     await self._dlq.submit(tp, record, exc, stage="decode")
                     continue
                 self._book.clear_wait(tp)
                 self._tracker.started(tp, record.offset)
+                self.unreadable.took(tp, record.offset + 1)
                 work = Work(
                     request,
                     tp,
@@ -182,11 +203,23 @@ class Intake:
                 self._scheduler.push(work, tier_index, now, source=tp)
         self._wake.set()
 
+    async def _dead_letter_unreadable(self, tp: TopicPartition, exc: Exception) -> None:
+        reference = self.unreadable.failed(tp)
+        if reference is None or self._book.state(tp) is not PartitionState.READY:
+            return  # first failure at this offset: read it once more
+        if self._dlq.full():
+            self._hold(tp, reference.offset, "waits for a free DLQ send slot")
+            return
+        self._tracker.started(tp, reference.offset)
+        self.unreadable.took(tp, reference.offset + 1)
+        await self._dlq.submit(tp, reference, exc, stage="fetch")
+
     def _hold(self, tp: TopicPartition, offset: int, why: str) -> None:
         """Rewind ``tp`` to ``offset`` and keep it paused for a backoff."""
         retries, delay = self._book.wait(tp, time.monotonic(), decode_backoff_s)
         if tp in self.consumer.assignment():
             self.consumer.seek(tp, offset)
+            self.unreadable.took(tp, offset)
         log.warning(
             "%s:%d@%d %s; retry %d in %.1fs", tp.topic, tp.partition, offset, why, retries, delay
         )
@@ -202,3 +235,4 @@ class Intake:
                 log.debug("position of %s unknown: %s", tp, exc)
                 continue
             self._tracker.fetched_up_to(tp, position)
+            self.unreadable.took(tp, position)

@@ -51,6 +51,7 @@ class RebalanceMixin:
             self.book.lost(tp, now)
             log.error("partition %s could not be prepared; held until the group moves it", tp)
         self.tracker.forget(assigned)
+        self._forget_unreadable(assigned)
         self.book.ready(ready, time.monotonic())
         if self.book.in_state(PartitionState.READY):
             self._has_partitions.set()
@@ -73,6 +74,7 @@ class RebalanceMixin:
             log.warning("commit on revoke failed (the next owner redoes the work): %r", exc)
         await self.sink.release(revoked)
         self.tracker.forget(revoked)
+        self._forget_unreadable(revoked)
         self.book.remove(revoked)
         if not self.book.in_state(PartitionState.READY):
             self._has_partitions.clear()
@@ -91,4 +93,9 @@ class RebalanceMixin:
         self.book.lost(tp, time.monotonic())
         dropped = self.scheduler.drop_sources({tp})
         self.tracker.forget([tp])
+        self._forget_unreadable([tp])
         log.error("partition %s lost to another member; %d buffered dropped", tp, len(dropped))
+
+    def _forget_unreadable(self: ConsumerService, tps: Any) -> None:  # type: ignore[misc]
+        if self.intake is not None:
+            self.intake.unreadable.forget(list(tps))

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from consumer.config import TIERS, Delivery, Settings
@@ -34,6 +35,7 @@ from consumer.kafka.group import Listener, make_consumer, start_consumer
 from consumer.kafka.intake import Intake, Work
 from consumer.kafka.sinks import AtLeastOnceSink, ResultSink
 from consumer.kafka.topics import settings_connection
+from consumer.ops.lagseconds import LagSecondsEstimator
 from consumer.runtime import status as status_view
 from consumer.runtime.dispatch import Dispatcher
 from consumer.runtime.grounded import GroundedAnswer
@@ -110,11 +112,15 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         self._engine_ready = False
         self.sink: ResultSink | None = None
         self.intake: Intake | None = None
+        self.runner: RequestRunner | None = None
         self.dispatcher: Dispatcher | None = None
         self.dead_letters: DeadLetters | None = None
         self._consumer: Any = None
         self._lag: dict[str, dict[int, int]] = {}
-        self._service_s: dict[str, float] = {}
+        # Service time per tier for lag seconds: every result that used the engine counts
+        # (not OK ones only: a tier answering all FAILED read as 0 s of queued work), and a
+        # tier with none borrows the others' mean, else 1 s: lag is never worth 0 s.
+        self._service = LagSecondsEstimator(window=100, default_service_s=1.0)
         self._counts: dict[str, int] = {st.value: 0 for st in ResultStatus}
         # Engine seconds charged to each tier's requests, and how many requests carried some.
         self._compute: dict[str, list[float]] = {tier: [0.0, 0.0] for tier in TIERS}
@@ -178,7 +184,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             max_uncommitted=s.max_uncommitted_per_partition,
             wake=self._wake,
         )
-        runner = RequestRunner(
+        self.runner = runner = RequestRunner(
             settings=s,
             engine=self.engine,
             breaker=self.breaker,
@@ -309,10 +315,8 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
     def _finished(self, work: Work, result: ExplanationResult) -> None:
         self.tracker.done(work.tp, work.offset)
         self._counts[result.status.value] += 1
-        if result.status is ResultStatus.OK:
-            old = self._service_s.get(work.tier)
-            secs = result.processing_time_ms / 1000.0
-            self._service_s[work.tier] = secs if old is None else 0.9 * old + 0.1 * secs
+        if result.processing_time_ms > 0:  # any status that took engine time
+            self._service.observe(work.tier, result.processing_time_ms / 1000.0)
         compute_s = (result.compute_ms or 0.0) / 1000.0
         if result.compute_ms is not None:
             acc = self._compute[work.tier]
@@ -330,6 +334,16 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
                 result.completion_tokens,
             )
             self.metrics.set_circuit_state(self.breaker.state(time.monotonic()).value)
+
+    def lag_seconds(self, tier: str, lag: int) -> float:
+        """Estimated seconds of work in ``lag`` records of ``tier`` for this instance."""
+        return self._service.estimate(tier, lag, max(1, self.engine.slots))
+
+    def _refresh_profiles(self) -> None:
+        """A reload re-read PROMPT_PROFILES_PATH: admission must know its profiles too."""
+        self.limits = replace(self.limits, profiles=frozenset(list_profiles()))
+        if self.runner is not None:
+            self.runner.limits = self.limits
 
     def _grounded(self, work: Work, answer: GroundedAnswer) -> None:
         if self.metrics is not None:

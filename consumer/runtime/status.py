@@ -152,6 +152,7 @@ class ControlMixin:
             if self.dispatcher is not None:
                 await self.dispatcher.idle.wait()
             await self.engine.reload(model_path)
+            self._refresh_profiles()
         self._wake.set()
         self._publish_model_info()
         info = self.engine.model_info()
@@ -188,13 +189,11 @@ async def observe(svc: ConsumerService) -> None:
     svc._lag = lag
     if metrics is None:
         return
-    slots = max(1, svc.engine.slots)
     in_flight = svc.dispatcher.in_flight if svc.dispatcher else dict.fromkeys(TIERS, 0)
     for i, tier in enumerate(TIERS):
         metrics.set_queue_depth(tier, svc.scheduler.depth(i))
         metrics.set_in_flight(tier, in_flight[tier])
-        mean = svc._service_s.get(tier) or 0.0
-        metrics.set_tier_lag_seconds(tier, sum(lag.get(tier, {}).values()) * mean / slots)
+        metrics.set_tier_lag_seconds(tier, svc.lag_seconds(tier, sum(lag.get(tier, {}).values())))
     metrics.set_slots(sum(in_flight.values()), svc.engine.slots)
     metrics.set_circuit_state(svc.breaker.state(time.monotonic()).value)
     metrics.set_ready(svc.readiness()[0])

@@ -116,3 +116,42 @@ async def test_with_defaults_every_ok_result_of_the_bundled_model_passes_the_che
             assert r.grounding.failed_checks, "a template answer says why it replaced the model"
             assert r.confidence_score is None
     assert set(sources) <= {"model", "template"}
+
+
+async def test_a_profile_added_and_reloaded_is_admitted(
+    make_settings: Callable[..., Settings], tmp_path
+) -> None:
+    """/admin/reload re-reads PROMPT_PROFILES_PATH for the engine and for admission alike
+    (it used to reach the engine only: the new profile's requests were REJECTED)."""
+    import json
+
+    path = tmp_path / "profiles.json"
+    path.write_text(json.dumps({"crypto": {"system": "You explain crypto metrics."}}))
+    settings = make_settings(
+        engine="llama", n_threads=2, admin_token=TOKEN, prompt_profiles_path=str(path)
+    )
+    await ensure_service_topics(settings)
+    boot = settings.kafka_bootstrap_servers
+    path.write_text(
+        json.dumps(
+            {
+                "crypto": {"system": "You explain crypto metrics."},
+                "rates": {"system": "You explain interest rates in two sentences."},
+            }
+        )
+    )
+    request = make_request(7, prompt_profile="rates", max_tokens=8)
+    async with ConsumerService(settings) as service:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"http://127.0.0.1:{service.http_port}/admin/reload",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+        await produce_requests(boot, settings.request_topics()["high"], [request])
+        (result,) = await collect(boot, settings.results_topic, 1, timeout_s=120)
+    assert result.request_id == request.request_id
+    assert result.status is ResultStatus.OK, result.error
+    assert result.prompt_profile == "rates"

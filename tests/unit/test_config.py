@@ -38,6 +38,8 @@ def test_defaults_match_the_contract() -> None:
         ({"FLASH_ATTN": "maybe"}, "FLASH_ATTN"),
         ({"FLASH_ATTN": "off", "KV_CACHE_TYPE": "q8_0"}, "FLASH_ATTN"),
         ({"MAX_STEP_MS": "-5"}, "MAX_STEP_MS"),
+        ({"BREAKER_MIN_CALLS": "30", "BREAKER_WINDOW": "20"}, "BREAKER_MIN_CALLS"),
+        ({"GROUNDING": "sometimes"}, "GROUNDING"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -82,3 +84,16 @@ def test_flash_attention_follows_the_device_unless_set(env: dict[str, str], expe
     from consumer.engines.model import flash_attn_type
 
     assert flash_attn_type(Settings.from_env(env)) == expected
+
+
+async def test_the_rebalance_timeout_leaves_room_for_the_revoke_drain() -> None:
+    """aiokafka's default (the session timeout) evicted a member whose revoke drain ran
+    long: its final commit failed and a graceful rebalance answered twice."""
+    from consumer.kafka.group import make_consumer
+
+    s = Settings.from_env({"DRAIN_TIMEOUT_S": "60", "KAFKA_SESSION_TIMEOUT_MS": "45000"})
+    assert s.rebalance_timeout_ms() == 75_000
+    consumer = make_consumer(s, {"bootstrap_servers": "127.0.0.1:1"})
+    assert consumer._rebalance_timeout_ms == 75_000  # not started: only the setting
+    quick = Settings.from_env({"DRAIN_TIMEOUT_S": "5"})
+    assert quick.rebalance_timeout_ms() == quick.kafka_session_timeout_ms

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from consumer.kafka.lag import build_report, format_table, partition_lag, register
+from schemas.models import ExplanationResult
 
 TOPICS = {"urgent": "x.requests.urgent", "high": "x.requests.high", "low": "x.requests.low"}
 
@@ -77,3 +78,23 @@ def test_cli_registers_lag_with_json_flag():
     args = parser.parse_args(["lag", "--json"])
     assert args.json is True
     assert callable(args.func)
+
+
+def test_a_tier_answering_only_failed_still_has_lag_seconds() -> None:
+    """Lag seconds came from OK results only: a tier whose answers were all FAILED (or a
+    fresh member with lag and no answer yet) read 0 s and the SLO alert stayed silent."""
+    from consumer.config import Settings
+    from consumer.kafka.intake import Work
+    from consumer.runtime.service import ConsumerService
+    from tests.integration.helpers import make_request
+    from tests.unit.test_llama_accounting import _record
+
+    svc = ConsumerService(Settings(engine="fake"))
+    assert svc.lag_seconds("urgent", 10) > 0  # no answer yet: a prior, never 0
+    failed = ExplanationResult(
+        **{**_record(), "status": "FAILED", "tier": "urgent", "processing_time_ms": 4000.0}
+    )
+    work = Work(make_request(1), "tp", 0, "urgent", 0.0)
+    svc.tracker.started("tp", 0)
+    svc._finished(work, failed)
+    assert svc.lag_seconds("urgent", 10) == 10 * 4.0 / max(1, svc.engine.slots)

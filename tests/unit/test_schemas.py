@@ -242,3 +242,20 @@ def test_schema_files_are_valid_json_objects() -> None:
     for subject in SUBJECTS:
         for _, schema in all_versions(subject):
             assert json.loads(json.dumps(schema)) == schema
+
+
+def test_every_python_package_is_shipped() -> None:
+    """pyproject lists packages explicitly: a new one left out is missing from the wheel."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        str(p.parent.relative_to(root)).replace("/", ".")
+        for top in ("consumer", "producer_sdk", "schemas")
+        for p in (root / top).rglob("__init__.py")
+    }
+    assert found == listed
