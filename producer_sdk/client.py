@@ -20,6 +20,7 @@ from producer_sdk._kafka import (
     warn_unclosed,
 )
 from producer_sdk._requests import Deadline, topic_prefix_from_env, validate_tier
+from producer_sdk._unreadable import UnreadableRecords
 from producer_sdk.connection import KafkaConnection
 from producer_sdk.producer import ContextLike, ExplanationProducer
 from producer_sdk.results import ResultsReader
@@ -70,6 +71,7 @@ class ExplanationClient:
         self._router: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[ExplanationResult]] = {}
         self._failure: ExplainstreamError | None = None
+        self._unreadable: UnreadableRecords | None = None
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> ExplanationClient:
@@ -91,13 +93,29 @@ class ExplanationClient:
             tps = [TopicPartition(self.reply_topic, p) for p in partitions]
             consumer.assign(tps)
             await guarded(self.connection, "seeking", consumer.seek_to_end(*tps))
+            self._unreadable = UnreadableRecords(consumer)
             for tp in tps:
-                await guarded(self.connection, "positioning", consumer.position(tp))
+                position = await guarded(self.connection, "positioning", consumer.position(tp))
+                self._unreadable.took(tp, position)
             await self.producer.start()
         except BaseException:
             await self.close()
             raise
         self._router = asyncio.create_task(self._route(consumer), name="explain-reply-router")
+        self._router.add_done_callback(self._router_ended)
+
+    @property
+    def listening(self) -> bool:
+        """The reply listener is running (False once it failed or died: start a new client)."""
+        return self._router is not None and not self._router.done() and self._failure is None
+
+    def _router_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._failure is not None:
+            return
+        exc = task.exception()
+        log.error("reply listener died: %r", exc)
+        self._failure = KafkaUnavailable(f"reply listener died: {exc!r}")
+        self._fail_pending(self._failure)
 
     async def close(self) -> None:
         """Stop listening, fail waiting callers, disconnect; idempotent."""
@@ -177,9 +195,18 @@ class ExplanationClient:
 
     async def _route(self, consumer: AIOKafkaConsumer) -> None:
         failures = 0
+        unreadable = self._unreadable
+        assert unreadable is not None  # set in start() before the router
         while True:
+            assigned = list(consumer.assignment())
+            careful = unreadable.pick(assigned)
             try:
-                batches = await consumer.getmany(timeout_ms=200)
+                if careful is not None:
+                    batches = await consumer.getmany(careful, timeout_ms=200, max_records=1)
+                    if not batches.get(careful):
+                        unreadable.caught_up(careful)
+                else:
+                    batches = await consumer.getmany(timeout_ms=200)
                 failures = 0
             except KafkaError as exc:
                 failures += 1
@@ -190,9 +217,19 @@ class ExplanationClient:
                     return
                 await asyncio.sleep(min(0.1 * 2**failures, 2.0))
                 continue
-            for records in batches.values():
+            except Exception as exc:  # a record the client cannot parse: find it, skip it
+                if careful is None:
+                    await unreadable.rewind(assigned, exc)
+                elif (ref := unreadable.failed(careful)) is not None:
+                    log.warning(
+                        "reply listener: skipped unreadable %s@%d: %r", careful, ref.offset, exc
+                    )
+                    unreadable.took(careful, ref.offset + 1)
+                continue
+            for tp, records in batches.items():
                 for record in records:
                     await self._deliver(record.key, record.value)
+                    unreadable.took(tp, record.offset + 1)
 
     async def _deliver(self, key: bytes | None, value: bytes | None) -> None:
         if not self._pending:
@@ -208,7 +245,8 @@ class ExplanationClient:
         except DecodeError as exc:
             log.warning("undecodable result for %s: %s", request_id, exc)
             return
-        if result.request_id == request_id:
+        # The caller may have timed out while the schema was resolved.
+        if result.request_id == request_id and not future.done():
             future.set_result(result)
 
     def _fail_pending(self, error: ExplainstreamError) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
 import os
 import ssl
@@ -41,6 +42,7 @@ __all__ = [
 
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 _MAX_RESPONSE_BYTES = 1024 * 1024
+_MAX_MISSING = 1024  # ids remembered as unknown
 _ENV = ("URL", "USERNAME", "PASSWORD", "TOKEN", "CAFILE")
 
 
@@ -163,8 +165,7 @@ class ConfluentSchemaRegistry:
             answer = self._call("GET", f"/schemas/ids/{int(schema_id)}", None)
         except RegistryError as exc:
             if not exc.retriable:
-                with self._lock:
-                    self._missing[schema_id] = time.monotonic() + self.negative_ttl_s
+                self._remember_missing(schema_id)
             raise
         text = answer.get("schema")
         if not isinstance(text, str):
@@ -181,6 +182,18 @@ class ConfluentSchemaRegistry:
             self._schemas[schema_id] = schema
         return schema
 
+    def _remember_missing(self, schema_id: int) -> None:
+        """Cache an id the registry said it does not know, for ``negative_ttl_s``; the cache
+        is bounded (random ids in hostile records must not grow it)."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._missing) >= _MAX_MISSING:
+                for key in [k for k, until in self._missing.items() if until <= now]:
+                    del self._missing[key]
+                while len(self._missing) >= _MAX_MISSING:
+                    del self._missing[next(iter(self._missing))]  # the oldest entry
+            self._missing[schema_id] = now + self.negative_ttl_s
+
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
@@ -196,18 +209,25 @@ class ConfluentSchemaRegistry:
                 f"schema registry {method} {path}: HTTP {exc.code} {detail}",
                 retriable=exc.code >= 500 or exc.code == 429,
             ) from exc
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
+            # HTTPException: a garbled status line, a truncated body, a dropped connection.
             raise RegistryError(
-                f"schema registry at {self.url} unreachable: {exc}", retriable=True
+                f"schema registry at {self.url} unreachable: {exc!r}", retriable=True
             ) from exc
         if len(raw) > _MAX_RESPONSE_BYTES:
             raise RegistryError(f"schema registry answer to {path} exceeds 1 MiB")
+        # A 200 whose body is not a JSON object is a broken answer, not a "no" (that comes
+        # as a 4xx): retriable, so valid records wait instead of going to the DLQ.
         try:
             answer = json.loads(raw)
         except ValueError as exc:
-            raise RegistryError(f"schema registry answer to {path} is not JSON") from exc
+            raise RegistryError(
+                f"schema registry answer to {path} is not JSON", retriable=True
+            ) from exc
         if not isinstance(answer, dict):
-            raise RegistryError(f"schema registry answer to {path} is not an object")
+            raise RegistryError(
+                f"schema registry answer to {path} is not an object", retriable=True
+            )
         return answer
 
 

@@ -170,14 +170,21 @@ class _Bridge:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None
+        return self._client is not None and self._client.listening
+
+    @property
+    def listener_down(self) -> bool:
+        return self._client is not None and not self._client.listening
 
     async def client(self) -> ExplanationClient:
-        if self._client is not None:
+        if self._client is not None and self._client.listening:
             return self._client
         async with self._lock:
-            if self._client is not None:
+            if self._client is not None and self._client.listening:
                 return self._client
+            if self._client is not None:  # its reply listener died: start a new one
+                log.warning("gateway: the reply listener stopped; restarting the client")
+                await self.reset()
             if self._last_failure and time.monotonic() - self._last_failure[0] < self._retry_s:
                 raise self._last_failure[1]
             client = self._factory()
@@ -285,8 +292,16 @@ def create_app(
         return web.json_response({"results": results, "total_processed": len(results)})
 
     async def health(_: web.Request) -> web.Response:
+        # 503 while a started client's reply listener is down (it restarts on the next
+        # request); Kafka not reached yet stays 200 with "kafka": false, as before.
+        down = bridge.listener_down
         return web.json_response(
-            {"status": "healthy", "service": "explainstream-gateway", "kafka": bridge.connected}
+            {
+                "status": "degraded" if down else "healthy",
+                "service": "explainstream-gateway",
+                "kafka": bridge.connected,
+            },
+            status=503 if down else 200,
         )
 
     async def lifecycle(_: web.Application) -> Any:

@@ -16,7 +16,7 @@ Each pass decides with pure functions (:func:`~consumer.core.flow.desired_pauses
 * after a pass, idle partitions take the consumer's position (which skips transaction
   markers) as their commit position — only here, never while records are half taken;
 * a batch the client itself cannot parse (``getmany`` raises something other than a
-  ``KafkaError``) never ends the loop: :mod:`consumer.kafka.unreadable` rewinds, reads
+  ``KafkaError``) never ends the loop: :mod:`producer_sdk._unreadable` rewinds, reads
   record by record and dead-letters a reference to the one record that fails.
 """
 
@@ -37,7 +37,7 @@ from consumer.core.offsets import OffsetTracker
 from consumer.core.partitions import PartitionBook, PartitionState
 from consumer.core.scheduler import TierScheduler
 from consumer.kafka.deadletters import DeadLetters
-from consumer.kafka.unreadable import UnreadableRecords
+from producer_sdk._unreadable import UnreadableRecords
 from schemas.codec import Codec
 from schemas.errors import DecodeError
 from schemas.models import ExplanationRequest

@@ -4,18 +4,20 @@ aiokafka parses a fetched batch inside ``getmany``; a record it cannot parse (a 
 that is not UTF-8, which any raw client can write and the broker stores) raises from
 ``getmany`` itself — not a ``KafkaError``, and with no record to hand to the DLQ. Worse,
 the call loses what it had drained for the other partitions while their positions moved
-on. :class:`UnreadableRecords` is the intake's answer:
+on. :class:`UnreadableRecords` is the answer of every reader here (the consumer's intake,
+the client's reply listener):
 
 1. :meth:`rewind`: every fetchable partition goes back to the next offset the intake has
    not taken (records the failed call drained are read again, not skipped), and is read
    *carefully* up to its high watermark at that moment: one record per ``getmany``, one
    partition at a time;
 2. a careful read that fails has found the record: it is the next offset of that partition.
-   After a second failure at the same offset it is dead-lettered as a *reference* — an empty
-   value with the ``dlq.*`` headers naming its topic, partition, offset and the error (its
-   bytes cannot be read through the client) — and the partition moves past it.
+   After a second failure at the same offset the partition moves past it and the reader is
+   given a :class:`RecordReference` (the intake dead-letters it: an empty value with the
+   ``dlq.*`` headers naming its topic, partition, offset and the error, since its bytes
+   cannot be read through the client).
 
-Nothing is committed past a record that was neither taken nor dead-lettered.
+The intake commits nothing past a record that was neither taken nor dead-lettered.
 """
 
 from __future__ import annotations
@@ -73,7 +75,10 @@ class UnreadableRecords:
         for tp in fetchable:
             offset = self.next_offset.get(tp)
             if offset is None:
-                offset = await self.consumer.committed(tp)
+                try:
+                    offset = await self.consumer.committed(tp)
+                except Exception:  # a reader without a group has no committed offsets
+                    offset = None
             if offset is None:
                 continue  # nothing taken and nothing committed: the reset policy decides
             self.consumer.seek(tp, offset)
