@@ -122,7 +122,8 @@ class ExplanationClient:
         router, self._router = self._router, None
         if router is not None:
             router.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A router that died was reported by _router_ended already.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await router
         self._fail_pending(ExplainstreamError("client closed"))
         consumer, self._consumer = self._consumer, None

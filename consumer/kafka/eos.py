@@ -98,7 +98,7 @@ class TransactionalSink:
         self._parts: dict[Hashable, _Partition] = {}
         self._on_commit = on_commit
         self._on_lost = on_lost
-        self._known: set[str] = set()
+        self._known: dict[str, None] = {}  # an ordered, bounded set
 
     def transactional_id(self, tp: TopicPartition) -> str:
         """Stable id per input partition (see module docstring)."""

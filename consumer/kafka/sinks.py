@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from consumer.core.offsets import OffsetTracker
 from schemas.errors import KafkaUnavailable
@@ -45,18 +46,42 @@ class PublishError(KafkaUnavailable):
     retriable = False
 
 
+#: Topic names a sink remembers as writable (reply_to names come from requests).
+MAX_KNOWN_TOPICS = 1024
+
+
+async def topic_exists(producer: AIOKafkaProducer, topic: str) -> bool:
+    """Whether the cluster has ``topic``, asked so that the question creates nothing: a
+    metadata request with auto-creation off, outside the producer's own topic set (which
+    ``partitions_for`` would grow, and with which a broker with auto-create on creates
+    whatever name a request's ``reply_to`` says)."""
+    client = producer.client
+    node = client.get_random_node()
+    if node is None:
+        raise KafkaError("no broker known")
+    answer = await client.send(node, MetadataRequest([topic], allow_auto_topic_creation=False))
+    topics = answer.to_object()["topics"]
+    return any(t["topic"] == topic and t["error_code"] == 0 and t["partitions"] for t in topics)
+
+
 async def topic_writable(
-    producer: AIOKafkaProducer, topic: str, timeout_s: float, known: set[str]
+    producer: AIOKafkaProducer, topic: str, timeout_s: float, known: dict[str, None]
 ) -> bool:
-    """Whether ``producer`` gets metadata for ``topic`` within ``timeout_s``; adds it to
-    ``known`` when it does."""
+    """Whether ``topic`` exists and ``producer`` gets its metadata within ``timeout_s``;
+    remembered in ``known`` (bounded: the oldest name is forgotten first) when it does."""
     try:
-        parts = await asyncio.wait_for(producer.partitions_for(topic), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            if not await topic_exists(producer, topic):
+                log.warning("topic %s is not writable: it does not exist", topic)
+                return False
+            parts = await producer.partitions_for(topic)
     except (TimeoutError, KafkaError) as exc:
         log.warning("topic %s is not writable: %s", topic, exc)
         return False
     if parts:
-        known.add(topic)
+        known[topic] = None
+        while len(known) > MAX_KNOWN_TOPICS:
+            del known[next(iter(known))]
     return bool(parts)
 
 
@@ -123,7 +148,7 @@ class AtLeastOnceSink:
         self._timeout = publish_timeout_s
         self._on_commit = on_commit
         self._producer: AIOKafkaProducer | None = None
-        self._known: set[str] = set()
+        self._known: dict[str, None] = {}  # an ordered, bounded set
 
     async def start(self) -> None:
         """Connect the producer."""

@@ -127,7 +127,8 @@ async def test_bench_priority_and_e2e_run_the_llama_engine(kafka_bootstrap: str)
     e2e = await asyncio.to_thread(_bench, "e2e", args, kafka_bootstrap)
     for engine in ("llama", "sequential"):
         assert e2e["engines"][engine]["statuses"] == {"OK": 2}
-        assert 0 < e2e["engines"][engine]["completion_tokens"] <= 16
+        # 2 requests x 8 tokens, twice for an answer GROUNDING=repair wrote again.
+        assert 0 < e2e["engines"][engine]["completion_tokens"] <= 2 * 16
     assert _finite(e2e["llama_over_sequential_explanations_per_min"])
 
 

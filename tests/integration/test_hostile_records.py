@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer import message_accumulator
+from aiokafka.producer import producer as producer_module
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
 from consumer.config import Settings
@@ -27,36 +29,42 @@ class NotUtf8(str):
         return b"\xff\xfekey"
 
 
+def use_python_builder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pure-Python batch builder writes header keys through ``str.encode``: NotUtf8
+    reaches the broker as it is. Only producers of the calling test are affected."""
+    for module in (message_accumulator, producer_module):
+        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+
+
 async def send_with_hostile_header(
-    bootstrap: str, topic: str, records: list[tuple[bytes, bytes, bool]]
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes, bool]], *, one_batch: bool = False
 ) -> None:
-    """Send (key, value, hostile) in order to partition 0; hostile ones carry the header."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50)
+    """Send (key, value, hostile) in order to partition 0; hostile ones carry the header.
+    Each record is its own producer batch unless ``one_batch``."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=200)
     await producer.start()
     try:
-        futures = [
-            await producer.send(
-                topic,
-                value,
-                key=key,
-                partition=0,
-                headers=[(NotUtf8("k"), b"v")] if hostile else None,
-            )
-            for key, value, hostile in records
-        ]
+        futures = []
+        for key, value, hostile in records:
+            headers = [(NotUtf8("k"), b"v")] if hostile else None
+            future = await producer.send(topic, value, key=key, partition=0, headers=headers)
+            if one_batch:
+                futures.append(future)
+            else:
+                await future
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
 
 
+def offsets_of(dlq: list[Any]) -> list[int]:
+    return sorted(int(dict(r.headers)["dlq.original.offset"]) for r in dlq)
+
+
 async def test_a_header_key_that_is_not_utf8_is_dead_lettered_and_the_rest_answered(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The pure-Python batch builder writes header keys through str.encode: NotUtf8 reaches
-    # the broker as it is. Only this test's producer is affected.
-    monkeypatch.setattr(
-        message_accumulator, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy
-    )
+    use_python_builder(monkeypatch)
     settings = make_settings()
     await ensure_service_topics(settings)
     boot = settings.kafka_bootstrap_servers
@@ -81,8 +89,33 @@ async def test_a_header_key_that_is_not_utf8_is_dead_lettered_and_the_rest_answe
     assert answered == {r.request_id for r in requests if r is not hostile}
     assert all(r.status is ResultStatus.OK for r in results)
     (letter,) = dlq
-    headers = {k: v for k, v in letter.headers}
-    assert headers["dlq.original.offset"] == b"10"
+    headers = dict(letter.headers)
+    assert offsets_of(dlq) == [10]
     assert headers["dlq.stage"] == b"fetch"
     assert headers["dlq.error.class"] == b"UnicodeDecodeError"
     assert letter.value in (b"", None)  # a reference: its bytes cannot be read
+
+
+async def test_a_batch_mixing_valid_and_unparseable_records_loses_nothing(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client parses a batch record by record: what follows an unparseable record in
+    the same producer batch cannot be read through it either. Each such record is
+    dead-lettered as a reference; every offset ends answered or in the DLQ."""
+    use_python_builder(monkeypatch)
+    settings = make_settings()
+    await ensure_service_topics(settings)
+    boot = settings.kafka_bootstrap_servers
+    requests = [make_request(i) for i in range(7)]
+    await send_with_hostile_header(
+        boot,
+        settings.request_topics()["normal"],
+        [(r.request_id.encode(), CODEC.encode_request(r), i == 3) for i, r in enumerate(requests)],
+        one_batch=True,
+    )
+    async with ConsumerService(settings):
+        results = await collect(boot, settings.results_topic, 3, timeout_s=60)
+        dlq = await collect(boot, settings.dlq_topic, 4, timeout_s=60, decode=None)
+    assert {r.request_id for r in results} == {r.request_id for r in requests[:3]}
+    assert offsets_of(dlq) == [3, 4, 5, 6]
+    assert all(dict(r.headers)["dlq.stage"] == b"fetch" for r in dlq)

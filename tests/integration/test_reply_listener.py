@@ -8,8 +8,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka.producer import message_accumulator
-from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
 import producer_sdk.client as client_module
 from consumer.config import Settings
@@ -17,7 +15,7 @@ from consumer.kafka.topics import settings_connection
 from consumer.runtime.service import ConsumerService
 from producer_sdk import ExplanationClient
 from schemas.models import AnalysisContext, ResultStatus
-from tests.integration.test_hostile_records import send_with_hostile_header
+from tests.integration.test_hostile_records import send_with_hostile_header, use_python_builder
 
 pytestmark = pytest.mark.kafka
 
@@ -27,9 +25,7 @@ CONTEXT = AnalysisContext(analysis_type="sentiment", symbol="AAPL", metrics={"x"
 async def test_an_unparseable_result_record_does_not_stop_the_listener(
     topics: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        message_accumulator, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy
-    )
+    use_python_builder(monkeypatch)
     conn = settings_connection(topics)
     async with (
         ConsumerService(topics),

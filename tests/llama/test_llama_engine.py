@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import shutil
 import time
 
 import pytest
 
+from consumer.core.grounding.values import clean_text
 from consumer.engines.base import Engine
 from consumer.engines.prompts import DATA_CLOSE, DATA_OPEN, PROFILES
 from schemas.errors import DeadlineExceeded, EngineError, ModelLoadError, RequestRejected
@@ -179,7 +179,9 @@ async def test_prompt_injection_does_not_change_the_system_prompt(start_engine) 
         im_start = enc_a.tokens[0]
         assert enc_b.tokens.count(im_start) == enc_a.tokens.count(im_start) == 3
         block = text_b[text_b.rindex(DATA_OPEN) + len(DATA_OPEN) : text_b.rindex(DATA_CLOSE)]
-        assert json.loads(block)["attributes"]["note"] == INJECTION
+        # The facts show the note as text with its markup removed: no tag, no control token.
+        assert "Note is " + clean_text(INJECTION) in block
+        assert not any(c in block for c in "<>{}|")
     result = await engine.generate(request(0, context=hostile, max_tokens=16))
     assert result.completion_tokens > 0
 
