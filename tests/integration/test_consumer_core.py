@@ -241,7 +241,9 @@ async def test_open_breaker_pauses_intake_then_recovers(
 
 async def test_failed_after_retry_budget(make_settings: Callable[..., Settings]) -> None:
     settings = await service_topics(
-        make_settings(retry_attempts=2, retry_backoff_ms=1, breaker_min_calls=1000)
+        make_settings(
+            retry_attempts=2, retry_backoff_ms=1, breaker_min_calls=1000, breaker_window=1000
+        )
     )
     boot = settings.kafka_bootstrap_servers
     engine = FlakyEngine(settings)
