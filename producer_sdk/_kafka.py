@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from producer_sdk._diagnose import diagnosed
+from producer_sdk._inflate import bound_decompression
 from producer_sdk.connection import KafkaConnection
 from schemas.errors import KafkaUnavailable
 
@@ -44,7 +45,9 @@ def make_producer(conn: KafkaConnection, **options: Any) -> AIOKafkaProducer:
 
 
 def make_consumer(conn: KafkaConnection, **options: Any) -> AIOKafkaConsumer:
-    """A consumer reading committed data only."""
+    """A consumer reading committed data only, with compressed batches inflated to a cap
+    (:mod:`producer_sdk._inflate`)."""
+    bound_decompression()
     kwargs: dict[str, Any] = {
         **conn.aiokafka_kwargs(),
         "isolation_level": "read_committed",

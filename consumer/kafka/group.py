@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaError
 
 from consumer.config import Settings
 from consumer.kafka.committed import guard_offset_fetches
+from producer_sdk._inflate import bound_decompression
 from schemas.errors import KafkaUnavailable
 
 __all__ = ["Listener", "make_consumer", "seek_to_committed", "start_consumer"]
@@ -36,7 +37,9 @@ class Listener(ConsumerRebalanceListener):
 
 
 def make_consumer(settings: Settings, conn: dict[str, Any]) -> AIOKafkaConsumer:
-    """The service's group consumer: manual commits, read_committed, bounded fetches."""
+    """The service's group consumer: manual commits, read_committed, bounded fetches
+    (compressed and inflated: see :mod:`producer_sdk._inflate`)."""
+    bound_decompression()
     s = settings
     extra: dict[str, Any] = {}
     if s.kafka_group_instance_id:

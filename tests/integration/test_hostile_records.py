@@ -119,3 +119,39 @@ async def test_a_batch_mixing_valid_and_unparseable_records_loses_nothing(
     assert {r.request_id for r in results} == {r.request_id for r in requests[:3]}
     assert offsets_of(dlq) == [3, 4, 5, 6]
     assert all(dict(r.headers)["dlq.stage"] == b"fetch" for r in dlq)
+
+
+async def test_a_compressed_bomb_is_dead_lettered_as_a_reference_without_inflating_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """70 MB of zeros is ~70 KB of gzip: under every broker limit. aiokafka inflated it
+    whole; the codec then refused it as too large and its DLQ copy (value + headers) was
+    over the DLQ producer's max request size: retried forever, the partition stalled."""
+    from producer_sdk._inflate import MAX_INFLATED_BATCH_BYTES
+
+    settings = make_settings()
+    await ensure_service_topics(settings)
+    boot = settings.kafka_bootstrap_servers
+    topic = settings.request_topics()["normal"]
+    before, after = make_request(1), make_request(2)
+    bomb = b"\x00" * (MAX_INFLATED_BATCH_BYTES + 6 * 2**20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=boot, acks="all", compression_type="gzip", max_request_size=2**27
+    )
+    await producer.start()
+    try:
+        for key, value in ((b"a", CODEC.encode_request(before)), (b"bomb", bomb)):
+            await (await producer.send(topic, value, key=key, partition=0))
+        await (await producer.send(topic, CODEC.encode_request(after), key=b"b", partition=0))
+    finally:
+        await producer.stop()
+    del bomb
+    async with ConsumerService(settings):
+        results = await collect(boot, settings.results_topic, 2, timeout_s=60)
+        dlq = await collect(boot, settings.dlq_topic, 1, timeout_s=60, decode=None)
+    assert {r.request_id for r in results} == {before.request_id, after.request_id}
+    (letter,) = dlq
+    headers = dict(letter.headers)
+    assert offsets_of(dlq) == [1]
+    assert headers["dlq.error.class"] == b"InflatedTooLarge"
+    assert letter.value in (b"", None)
