@@ -31,6 +31,7 @@ class _Entry:
     since: float
     retry_at: float | None = None
     retries: int = 0
+    term: int = 0  # which assignment of the partition this is
 
 
 @dataclass
@@ -38,11 +39,20 @@ class PartitionBook:
     """State per owned partition (see module docstring)."""
 
     _parts: dict[Hashable, _Entry] = field(default_factory=dict)
+    _terms: int = 0
 
     def assigning(self, tps: Iterable[Hashable], tier_of: dict[Hashable, int], now: float) -> None:
         """Newly assigned partitions, not ready to fetch yet."""
         for tp in tps:
-            self._parts[tp] = _Entry(tier_of[tp], PartitionState.ASSIGNING, now)
+            self._terms += 1
+            self._parts[tp] = _Entry(tier_of[tp], PartitionState.ASSIGNING, now, term=self._terms)
+
+    def owner(self, tp: Hashable) -> int | None:
+        """A token of this member's current READY ownership of ``tp`` (None when it is not
+        READY). Compare tokens across an await: a partition revoked meanwhile — even one
+        given back at once — has another (or none)."""
+        entry = self._parts.get(tp)
+        return entry.term if entry is not None and entry.state is PartitionState.READY else None
 
     def ready(self, tps: Iterable[Hashable], now: float) -> None:
         """Partitions prepared by the sink and positioned at their committed offset."""

@@ -34,7 +34,7 @@ from aiokafka.errors import KafkaError
 
 from consumer.core.flow import desired_pauses, fetch_budget
 from consumer.core.offsets import OffsetTracker
-from consumer.core.partitions import PartitionBook, PartitionState
+from consumer.core.partitions import PartitionBook
 from consumer.core.scheduler import TierScheduler
 from consumer.kafka.deadletters import DeadLetters
 from producer_sdk._unreadable import UnreadableRecords
@@ -60,6 +60,7 @@ class Work:
     value: bytes | None = None
     attempts: int = 0
     last_error: str = ""
+    term: int | None = None  # the partition's ownership token when it was taken
 
 
 def decode_backoff_s(retries: int) -> float:
@@ -170,14 +171,19 @@ class Intake:
                     self.unreadable.took(tp, records[0].offset)
                 continue
             tier_index = self._book.tiers()[tp]
+            term = self._book.owner(tp)
             for record in records:
-                if self._book.state(tp) is not PartitionState.READY:
-                    break  # revoked or lost while we awaited a resolve or a DLQ slot
+                if self._book.owner(tp) != term:
+                    break  # revoked (or revoked and given back) while we awaited
                 try:
                     if record.value is not None:  # a tombstone fails in decode: DLQ
                         await self._codec.resolve(record.value)
+                        if self._book.owner(tp) != term:
+                            break  # a rebalance inside the registry round trip
                     request = self._codec.decode_request(record.value)
                 except DecodeError as exc:
+                    if self._book.owner(tp) != term:
+                        break  # not ours any more: no seek, no dead letter
                     if exc.retriable:
                         self._hold(tp, record.offset, f"cannot be decoded yet ({exc})")
                         break
@@ -199,13 +205,14 @@ class Intake:
                     now,
                     key=record.key,
                     value=record.value,
+                    term=term,
                 )
                 self._scheduler.push(work, tier_index, now, source=tp)
         self._wake.set()
 
     async def _dead_letter_unreadable(self, tp: TopicPartition, exc: Exception) -> None:
         reference = self.unreadable.failed(tp)
-        if reference is None or self._book.state(tp) is not PartitionState.READY:
+        if reference is None or self._book.owner(tp) is None:
             return  # first failure at this offset: read it once more
         if self._dlq.full():
             self._hold(tp, reference.offset, "waits for a free DLQ send slot")

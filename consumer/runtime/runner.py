@@ -123,7 +123,7 @@ class RequestRunner:
             else:
                 self._on_retry(work)
             await asyncio.sleep(backoff)
-            if self._owns(work.tp) and not self._stopping():
+            if self._owns(work) and not self._stopping():
                 self.scheduler.push_front(entry)
                 self._wake.set()
             return  # not ours any more: the next owner reads it again

@@ -194,7 +194,8 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             codec=self.codec,
             limits=self.limits,
             consumer_id=self.consumer_id,
-            owns=lambda tp: self.book.state(tp) is PartitionState.READY,
+            # Still the assignment it was taken in (not one revoked and given back since).
+            owns=lambda work: self.book.owner(work.tp) == work.term,
             stopping=lambda: self._stopping,
             on_result=self._finished,
             on_retry=self._retrying,
