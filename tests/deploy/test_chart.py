@@ -1,4 +1,4 @@
-"""The Helm chart installs what the README describes and agrees with the service: rendered by
+"""The Helm chart installs what the manual (docs/manual/deployment.md) describes and agrees with the service: rendered by
 the real ``helm template``, then read as the Kubernetes objects it would create."""
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ def test_the_chart_installs_the_resources_the_readme_lists() -> None:
         "Service/explainstream-gateway",
         "ServiceAccount/explainstream",
     ]
-    readme = (v.ROOT / "README.md").read_text()
+    manual = (v.ROOT / "docs" / "manual" / "deployment.md").read_text()
     for kind in kinds:
-        assert f"`{kind.split('/')[0]}`" in readme, f"README's Helm section omits {kind}"
+        assert f"`{kind.split('/')[0]}`" in manual, f"the manual's Helm section omits {kind}"
 
 
 def test_values_cover_every_setting_exactly_once() -> None:
