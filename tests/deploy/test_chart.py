@@ -1,5 +1,6 @@
-"""The Helm chart installs what the manual (docs/manual/deployment.md) describes and agrees with the service: rendered by
-the real ``helm template``, then read as the Kubernetes objects it would create."""
+"""The Helm chart installs what the manual (docs/manual/deployment.md) describes and agrees
+with the service: rendered by the real ``helm template``, then read as the Kubernetes
+objects it would create."""
 
 from __future__ import annotations
 
