@@ -6,9 +6,15 @@ BIN := $(VENV)/bin
 CACHE ?= $(HOME)/.cache/explainstream
 TOOLS := $(CACHE)/bin
 LLAMA_CPP_VERSION := 0.3.36
-# llama.cpp is built for the CPU it runs on, so the cached wheel is keyed by its flags.
+# llama.cpp is built for the CPU it runs on (GGML_NATIVE), so the cached wheel is keyed by
+# its flags. On x86 its AMX kernels are left out: on AMX CPUs (Intel Sapphire Rapids and
+# later) the vendored llama.cpp's AMX matmul segfaults in the first llama_decode of the
+# bundled Q4_1 model (seen on a Xeon with amx_int8; llama.cpp issue 20824).
 CPU_KEY := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
-WHEELS := $(CACHE)/wheels/$(CPU_KEY)
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
+WHEELS := $(CACHE)/wheels/$(CPU_KEY)-noamx
 # Deployment validators, built from their Go modules (see tests/deploy/validators.py).
 HELM_VERSION := v3.22.0
 KUBECONFORM_VERSION := v0.8.0
@@ -48,7 +54,8 @@ llama-wheel:
 		echo "llama-cpp-python $(LLAMA_CPP_VERSION): cached wheel in $(WHEELS)"; \
 	else \
 		echo "building llama-cpp-python $(LLAMA_CPP_VERSION) (about 5-7 minutes on 2 cores) ..."; \
-		$(PY) -m pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
+		CFLAGS="$(LLAMA_CFLAGS) $$CFLAGS" CXXFLAGS="$(LLAMA_CFLAGS) $$CXXFLAGS" \
+		$(PY) -m pip wheel -q --no-cache-dir --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
 	fi
 
 # Debian's prometheus package (prometheus + promtool) for the real-Prometheus tests.

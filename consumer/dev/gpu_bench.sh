@@ -36,7 +36,9 @@ say "wheels installed"
 tar xzf "$ASSETS"/llama_cpp_python-*-stripped.tar.gz -C "$WORK"
 SRC=$(echo "$WORK"/llama_cpp_python-*/)
 BUILD=$WORK/build
-cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+# As the CPU wheel: llama.cpp's AMX matmul segfaults on AMX hosts (Sapphire Rapids).
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+CFLAGS="$NO_AMX" CXXFLAGS="$NO_AMX" cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" -DBUILD_SHARED_LIBS=ON \
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \

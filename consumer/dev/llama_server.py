@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -29,12 +30,25 @@ def _cache_root() -> Path:
     return Path(os.environ.get("EXPLAINSTREAM_CACHE", Path.home() / ".cache" / "explainstream"))
 
 
+#: The same as the Makefile's LLAMA_CFLAGS for the engine's wheel: llama.cpp's AMX matmul
+#: segfaults on AMX CPUs with the bundled model, and both sides of a comparison must run the
+#: same kernels.
+NO_AMX = ("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16")
+
+
+def compiler_flags() -> str:
+    """C/C++ flags of the build: AMX left out on x86-64."""
+    return " ".join(NO_AMX) if platform.machine() in ("x86_64", "AMD64") else ""
+
+
 def _build_key(cmake_args: Sequence[str]) -> str:
-    """The binary depends on this CPU's flags (native kernels) and the CMake options."""
+    """The binary depends on this CPU's flags (native kernels), the compiler flags and the
+    CMake options."""
     flags = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         flags = next((line for line in f if line.startswith("flags")), "")
-    digest = hashlib.md5((flags + " ".join(cmake_args)).encode()).hexdigest()[:12]
+    key = flags + compiler_flags() + " ".join(cmake_args)
+    digest = hashlib.md5(key.encode()).hexdigest()[:12]
     return f"{LLAMA_CPP_VERSION}-{digest}"
 
 
@@ -99,7 +113,13 @@ def obtain_llama_server(
         ]  # fmt: skip
         say(f"building llama-server from llama-cpp-python {LLAMA_CPP_VERSION}'s llama.cpp ...")
         t0 = time.monotonic()
-        subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
+        extra = compiler_flags()
+        env = {
+            **os.environ,
+            "CFLAGS": f"{extra} {os.environ.get('CFLAGS', '')}".strip(),
+            "CXXFLAGS": f"{extra} {os.environ.get('CXXFLAGS', '')}".strip(),
+        }
+        subprocess.run(configure, check=True, stdout=subprocess.DEVNULL, env=env)
         subprocess.run(
             ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(jobs)],
             check=True,
@@ -111,6 +131,7 @@ def obtain_llama_server(
     record = {
         "llama_cpp_python": LLAMA_CPP_VERSION,
         "cmake_args": list(cmake_args),
+        "cflags": compiler_flags(),
         "build_s": round(build_s, 1),
         "jobs": jobs,
         "cpus": os.cpu_count(),

@@ -242,6 +242,15 @@ def gpu_layers_param(n_gpu_layers: int) -> int:
     return ALL_GPU_LAYERS if n_gpu_layers < 0 else n_gpu_layers
 
 
+def amx_compiled_in() -> bool:
+    """Whether this llama.cpp build runs its AMX kernels on this CPU."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info()
+    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    return "AMX_INT8 = 1" in text
+
+
 def load_model(path: str, n_gpu_layers: int) -> Any:
     """Validate and load a GGUF with llama.cpp; returns the ``llama_model_p`` handle."""
     validate_model_file(path)
@@ -250,6 +259,12 @@ def load_model(path: str, n_gpu_layers: int) -> Any:
 
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = gpu_layers_param(n_gpu_layers)
+    if amx_compiled_in():
+        # The vendored llama.cpp's AMX matmul segfaults in the first decode (seen with the
+        # bundled Q4_1 model on a Sapphire Rapids Xeon). `make install` builds without AMX;
+        # a build of one's own that has it keeps its weights in plain CPU buffers here.
+        _llama_log.warning("llama.cpp was built with AMX: weight repacking (AMX buffers) off")
+        params.use_extra_bufts = False
     try:
         model = llama_cpp.llama_model_load_from_file(path.encode(), params)
     except Exception as exc:  # ctypes/OS errors while loading
