@@ -99,6 +99,7 @@ class TransactionalSink:
         self._on_commit = on_commit
         self._on_lost = on_lost
         self._known: dict[str, None] = {}  # an ordered, bounded set
+        self._rounds: set[asyncio.Future[None]] = set()  # kept alive past a cancelled caller
 
     def transactional_id(self, tp: TopicPartition) -> str:
         """Stable id per input partition (see module docstring)."""
@@ -159,42 +160,62 @@ class TransactionalSink:
             part.pending[offset] = _Held((topic, key, value, headers), list(alternatives))
 
     async def commit(self, tracker: OffsetTracker, tps: Iterable[Hashable]) -> None:
-        """Per partition: held records below the safe position, plus that offset, atomically."""
+        """Per partition: held records below the safe position, plus that offset, atomically.
+
+        Each partition's round runs to its end even when the caller is cancelled (the
+        commit loop is, at shutdown): a round cut off inside its EndTxn would leave its
+        records held although the broker committed them, and the final commit would write
+        them a second time. The next caller waits for that round on the partition's lock.
+        """
         for tp in list(tps):
             part = self._parts.get(tp)
             if part is None:
                 continue
-            async with part.lock:
-                if self._parts.get(tp) is not part:
-                    continue  # lost or released while we waited
-                target = tracker.to_commit([tp]).get(tp)
-                if target is None:
-                    continue
-                ready = sorted(o for o in part.pending if o < target)
-                started = time.monotonic()
-                producer = part.producer
-                refused: dict[int, BaseException] = {}
-                try:
-                    async with producer.transaction():
-                        refused = await _send_held(producer, part, ready)
-                        if refused:
-                            raise _Refused
-                        await producer.send_offsets_to_transaction({tp: target}, self._group)
-                except _FENCED as exc:
-                    await self._lose(tp, exc, "its producer was fenced")
-                    continue
-                except _Refused:
-                    await self._replace(tp, part, refused)
-                    continue
-                except KafkaError as exc:
-                    # Aborted: records stay held, offsets uncommitted; the next round retries.
-                    log.warning("transaction for %s failed: %r", tp, exc)
-                    continue
-                for offset in ready:
-                    del part.pending[offset]
-                tracker.committed({tp: target})
-                if self._on_commit is not None:
-                    self._on_commit(time.monotonic() - started)
+            round_ = asyncio.ensure_future(self._commit_partition(tracker, tp, part))
+            self._rounds.add(round_)
+            round_.add_done_callback(self._round_done)
+            await asyncio.shield(round_)
+
+    def _round_done(self, round_: asyncio.Future[None]) -> None:
+        self._rounds.discard(round_)
+        if not round_.cancelled() and round_.exception() is not None:
+            # Seen by the awaiting caller too, unless that caller was cancelled meanwhile.
+            log.warning("transaction round failed: %r", round_.exception())
+
+    async def _commit_partition(
+        self, tracker: OffsetTracker, tp: Hashable, part: _Partition
+    ) -> None:
+        async with part.lock:
+            if self._parts.get(tp) is not part:
+                return  # lost or released while we waited
+            target = tracker.to_commit([tp]).get(tp)
+            if target is None:
+                return
+            ready = sorted(o for o in part.pending if o < target)
+            started = time.monotonic()
+            producer = part.producer
+            refused: dict[int, BaseException] = {}
+            try:
+                async with producer.transaction():
+                    refused = await _send_held(producer, part, ready)
+                    if refused:
+                        raise _Refused
+                    await producer.send_offsets_to_transaction({tp: target}, self._group)
+            except _FENCED as exc:
+                await self._lose(tp, exc, "its producer was fenced")
+                return
+            except _Refused:
+                await self._replace(tp, part, refused)
+                return
+            except KafkaError as exc:
+                # Aborted: records stay held, offsets uncommitted; the next round retries.
+                log.warning("transaction for %s failed: %r", tp, exc)
+                return
+            for offset in ready:
+                del part.pending[offset]
+            tracker.committed({tp: target})
+            if self._on_commit is not None:
+                self._on_commit(time.monotonic() - started)
 
     async def _replace(
         self, tp: Hashable, part: _Partition, refused: dict[int, BaseException]
