@@ -16,7 +16,8 @@ TOKEN = "s3cret-token"
 
 
 class FakeControl:
-    """A ServiceControl whose state the test sets directly."""
+    """A ServiceControl whose state the test sets directly: the HTTP layer's mapping to
+    status codes and bodies. The service's own rules are tested in test_service_probes.py."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.live = True
