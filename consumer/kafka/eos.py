@@ -16,7 +16,8 @@ explainstream-<group>-<topic>-<partition>``. The fencing model:
   results are dropped, its producer is closed and never re-initialised (that would fence the
   rightful owner back), and ``on_lost`` tells the service to stop working on it. The group
   reassigns it; if it comes back to us, :meth:`open` makes a fresh producer for the new
-  ownership.
+  ownership. Each loss is counted (``explainstream_partitions_lost_total{reason}``): the
+  evidence that a fence fired.
 * Every request offset is committed in the same transaction as its result (or DLQ record);
   a crash before commit aborts both, so for readers with ``isolation_level=read_committed``
   no duplicate is visible and no result is lost. Results of a partition become visible in
@@ -90,7 +91,7 @@ class TransactionalSink:
         group_id: str,
         publish_timeout_s: float,
         on_commit: Callable[[float], None] | None = None,
-        on_lost: Callable[[Hashable], None] | None = None,
+        on_lost: Callable[[Hashable, str], None] | None = None,
     ) -> None:
         self._conn = conn_kwargs
         self._group = group_id
@@ -202,7 +203,7 @@ class TransactionalSink:
                         raise _Refused
                     await producer.send_offsets_to_transaction({tp: target}, self._group)
             except _FENCED as exc:
-                await self._lose(tp, exc, "its producer was fenced")
+                await self._lose(tp, exc, "its producer was fenced", "fenced")
                 return
             except _Refused:
                 await self._replace(tp, part, refused)
@@ -224,7 +225,8 @@ class TransactionalSink:
         for offset, exc in sorted(refused.items()):
             held = part.pending[offset]
             if not held.alternatives:
-                await self._lose(tp, exc, f"the record of offset {offset} was refused everywhere")
+                why = f"the record of offset {offset} was refused everywhere"
+                await self._lose(tp, exc, why, "refused")
                 return
             topic = held.record[0]
             held.record = held.alternatives.pop(0)(exc)
@@ -237,7 +239,7 @@ class TransactionalSink:
                 held.record[0],
             )
 
-    async def _lose(self, tp: Hashable, exc: BaseException, why: str) -> None:
+    async def _lose(self, tp: Hashable, exc: BaseException, why: str, reason: str) -> None:
         part = self._parts.pop(tp, None)
         if part is None:
             return
@@ -253,7 +255,7 @@ class TransactionalSink:
         with contextlib.suppress(Exception):
             await part.producer.stop()
         if self._on_lost is not None:
-            self._on_lost(tp)
+            self._on_lost(tp, reason)
 
     def held(self, tp: Hashable) -> int:
         """Records held for ``tp`` until its next transaction."""
@@ -278,8 +280,9 @@ async def _send_held(
     producer: AIOKafkaProducer, part: _Partition, offsets: list[int]
 ) -> dict[int, BaseException]:
     """Send the held records at ``offsets`` inside the open transaction and wait for their
-    acks. Returns the records the broker refused for good, by offset; raises the first
-    retriable error when there is none of those (the whole round is retried)."""
+    acks. Returns the records the broker refused for good, by offset; raises a fence (the
+    producer belongs to a zombie: nothing was refused, the partition is lost), else the
+    first retriable error when nothing was refused (the whole round is retried)."""
     sent: list[tuple[int, asyncio.Future[Any]]] = []
     refused: dict[int, BaseException] = {}
     for offset in offsets:
@@ -287,10 +290,13 @@ async def _send_held(
         try:
             sent.append((offset, await producer.send(topic, value, key=key, headers=headers)))
         except KafkaError as exc:
-            if exc.retriable:
+            if exc.retriable or isinstance(exc, _FENCED):
                 raise
             refused[offset] = exc  # refused before sending (e.g. over max_request_size)
     outcomes = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+    fence = next((o for o in outcomes if isinstance(o, _FENCED)), None)
+    if fence is not None:
+        raise fence
     retry: BaseException | None = None
     for (offset, _), outcome in zip(sent, outcomes, strict=True):
         if isinstance(outcome, KafkaError) and not outcome.retriable:

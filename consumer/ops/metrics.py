@@ -158,6 +158,13 @@ class Metrics(ComputeMetrics, GroundingMetrics):
             ["kind"],
             registry=reg,
         )
+        self.partitions_lost = Counter(
+            "explainstream_partitions_lost",
+            "Exactly-once partitions given up: fenced (another member owns it), refused "
+            "(a record refused everywhere), unprepared (no producer or committed offset)",
+            ["reason"],
+            registry=reg,
+        )
         self.commit_latency = Histogram(
             "explainstream_commit_latency_seconds",
             "Offset commit round trip",
@@ -302,6 +309,10 @@ class Metrics(ComputeMetrics, GroundingMetrics):
     def rebalance(self, kind: str) -> None:
         """Count a rebalance callback: ``assigned`` or ``revoked``."""
         self.rebalances.labels(kind=kind).inc()
+
+    def partition_lost(self, reason: str) -> None:
+        """Count an exactly-once partition given up, by ``reason``."""
+        self.partitions_lost.labels(reason=reason).inc()
 
     def observe_commit_latency(self, seconds: float) -> None:
         """One offset commit's round trip."""

@@ -49,6 +49,8 @@ class RebalanceMixin:
             # Held like a fenced partition: paused, and /health fails if the group does not
             # take it back within two session timeouts (a restart then retries).
             self.book.lost(tp, now)
+            if self.metrics is not None:
+                self.metrics.partition_lost("unprepared")
             log.error("partition %s could not be prepared; held until the group moves it", tp)
         self.tracker.forget(assigned)
         self._forget_unreadable(assigned)
@@ -88,13 +90,16 @@ class RebalanceMixin:
             len(dropped),
         )
 
-    def _on_lost(self: ConsumerService, tp: Any) -> None:  # type: ignore[misc]
-        """Exactly-once: ``tp``'s producer was fenced; drop its work, wait for the group."""
+    def _on_lost(self: ConsumerService, tp: Any, reason: str) -> None:  # type: ignore[misc]
+        """Exactly-once: ``tp``'s producer was fenced (or its record refused everywhere);
+        drop its work, wait for the group."""
         self.book.lost(tp, time.monotonic())
+        if self.metrics is not None:
+            self.metrics.partition_lost(reason)
         dropped = self.scheduler.drop_sources({tp})
         self.tracker.forget([tp])
         self._forget_unreadable([tp])
-        log.error("partition %s lost to another member; %d buffered dropped", tp, len(dropped))
+        log.error("partition %s lost (%s); %d buffered dropped", tp, reason, len(dropped))
 
     def _forget_unreadable(self: ConsumerService, tps: Any) -> None:  # type: ignore[misc]
         if self.intake is not None:

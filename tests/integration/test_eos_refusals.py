@@ -71,8 +71,13 @@ async def test_refused_everywhere_gives_the_partition_up_and_fails_liveness(
     await _create_tiny(boot, settings.results_topic, settings.dlq_topic)
     await service_topics(settings)
     await produce_requests(boot, settings.request_topics()["normal"], [make_request(1)])
-    async with ConsumerService(settings) as svc:
+    metrics = Metrics()
+    async with ConsumerService(settings, metrics=metrics) as svc:
         await wait_until(lambda: bool(svc.book.in_state(PartitionState.LOST)), timeout_s=60)
+        lost = metrics.registry.get_sample_value(
+            "explainstream_partitions_lost_total", {"reason": "refused"}
+        )
+        assert lost == 1
         assert svc.is_live()  # a lost partition alone is not a failure yet...
         await wait_until(lambda: not svc.is_live(), timeout_s=30)  # ...two session timeouts
         reasons = svc.live_reasons()
