@@ -63,8 +63,12 @@ async def collect(
     *,
     timeout_s: float = 60.0,
     decode: Callable[[bytes], Any] | None = CODEC.decode_result,
+    exact: bool = True,
 ) -> list[Any]:
-    """Read ``count`` records from the start of ``topic`` (read_committed), in arrival order."""
+    """Read ``topic`` from the start (read_committed), in arrival order, until ``count``
+    records arrived, then on to the end offsets of that moment, so that a repeat already
+    written is seen too. With ``exact`` (the default) anything but ``count`` records fails;
+    ``exact=False`` returns what was there (at least ``count`` unless the time ran out)."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -77,13 +81,51 @@ async def collect(
     deadline = time.monotonic() + timeout_s
     try:
         while len(out) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                for record in records:
-                    out.append(decode(record.value) if decode else record)
+            _take(await consumer.getmany(timeout_ms=200), out, decode)
+        await _read_on_to_end(consumer, out, decode)
     finally:
         await consumer.stop()
+    if exact:
+        assert len(out) == count, f"{len(out)} records on {topic}, expected exactly {count}"
     return out
+
+
+async def read_to_end(bootstrap: str, topic: str) -> list[Any]:
+    """Every committed record on ``topic`` up to its end offsets now, undecoded."""
+    return await collect(bootstrap, topic, 0, decode=None, exact=False)
+
+
+def _take(
+    batch: dict[Any, list[Any]], out: list[Any], decode: Callable[[bytes], Any] | None
+) -> None:
+    for records in batch.values():
+        out.extend(decode(r.value) if decode else r for r in records)
+
+
+async def _read_on_to_end(
+    consumer: AIOKafkaConsumer, out: list[Any], decode: Callable[[bytes], Any] | None
+) -> None:
+    """Read until the position of every partition reaches its end offset (for a
+    read_committed reader: the last stable offset) as it is now."""
+    topic = next(iter(consumer.subscription()))
+    parts = consumer.partitions_for_topic(topic) or set()
+    if not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic) or set()
+    ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if len(consumer.assignment()) == len(ends) and await _caught_up(consumer, ends):
+            return
+        _take(await consumer.getmany(timeout_ms=200), out, decode)
+    raise AssertionError(f"could not read {topic} to its end offsets {ends}")
+
+
+async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:

@@ -2,59 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.producer import message_accumulator
-from aiokafka.producer import producer as producer_module
-from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
 from consumer.config import Settings
 from consumer.kafka.topics import ensure_service_topics
 from consumer.runtime.service import ConsumerService
 from schemas.models import ResultStatus
+from tests.hostile_wire import send_with_hostile_header, use_python_builder
 from tests.integration.helpers import CODEC, collect, make_request
 
 pytestmark = pytest.mark.kafka
-
-
-class NotUtf8(str):
-    """A header key whose bytes on the wire are not UTF-8 (any raw client can send one)."""
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return b"\xff\xfekey"
-
-
-def use_python_builder(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pure-Python batch builder writes header keys through ``str.encode``: NotUtf8
-    reaches the broker as it is. Only producers of the calling test are affected."""
-    for module in (message_accumulator, producer_module):
-        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
-
-
-async def send_with_hostile_header(
-    bootstrap: str, topic: str, records: list[tuple[bytes, bytes, bool]], *, one_batch: bool = False
-) -> None:
-    """Send (key, value, hostile) in order to partition 0; hostile ones carry the header.
-    Each record is its own producer batch unless ``one_batch``."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=200)
-    await producer.start()
-    try:
-        futures = []
-        for key, value, hostile in records:
-            headers = [(NotUtf8("k"), b"v")] if hostile else None
-            future = await producer.send(topic, value, key=key, partition=0, headers=headers)
-            if one_batch:
-                futures.append(future)
-            else:
-                await future
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 def offsets_of(dlq: list[Any]) -> list[int]:
@@ -72,7 +34,7 @@ async def test_a_header_key_that_is_not_utf8_is_dead_lettered_and_the_rest_answe
     requests = [make_request(i) for i in range(20)]
     hostile = requests[10]
     await send_with_hostile_header(
-        boot,
+        {"bootstrap_servers": boot},
         topic,
         [(r.request_id.encode(), CODEC.encode_request(r), r is hostile) for r in requests],
     )
@@ -108,7 +70,7 @@ async def test_a_batch_mixing_valid_and_unparseable_records_loses_nothing(
     boot = settings.kafka_bootstrap_servers
     requests = [make_request(i) for i in range(7)]
     await send_with_hostile_header(
-        boot,
+        {"bootstrap_servers": boot},
         settings.request_topics()["normal"],
         [(r.request_id.encode(), CODEC.encode_request(r), i == 3) for i, r in enumerate(requests)],
         one_batch=True,

@@ -15,7 +15,7 @@ from consumer.kafka.topics import settings_connection
 from consumer.runtime.service import ConsumerService
 from producer_sdk import ExplanationClient
 from schemas.models import AnalysisContext, ResultStatus
-from tests.integration.test_hostile_records import send_with_hostile_header, use_python_builder
+from tests.hostile_wire import send_with_hostile_header, use_python_builder
 
 pytestmark = pytest.mark.kafka
 
@@ -34,7 +34,9 @@ async def test_an_unparseable_result_record_does_not_stop_the_listener(
         first = await client.explain(CONTEXT, timeout_s=30)
         # Another writer's record the client cannot parse lands on the results topic.
         await send_with_hostile_header(
-            topics.kafka_bootstrap_servers, topics.results_topic, [(b"k", b"junk", True)]
+            {"bootstrap_servers": topics.kafka_bootstrap_servers},
+            topics.results_topic,
+            [(b"k", b"junk", True)],
         )
         second = await client.explain(CONTEXT, timeout_s=30)
         assert client.listening

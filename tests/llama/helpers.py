@@ -43,3 +43,20 @@ def request(i: int = 0, **overrides: Any) -> GenerationRequest:
     }
     values.update(overrides)
     return GenerationRequest(**values)
+
+
+async def wait_stats(engine: Any, timeout_s: float = 60.0, **want: int) -> None:
+    """Wait until ``engine.stats()`` shows ``want`` (e.g. slots_busy=4, waiting=2): the
+    event a test acts on, instead of a sleep that may be too short or long on another CPU."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = engine.stats()
+        if all(stats.get(k) == v for k, v in want.items()):
+            return
+        if time.monotonic() > deadline:
+            shown = {k: stats.get(k) for k in want}
+            raise AssertionError(f"engine never showed {want} (last {shown})")
+        await asyncio.sleep(0.005)

@@ -13,7 +13,7 @@ from consumer.core.grounding.values import clean_text
 from consumer.engines.base import Engine
 from consumer.engines.prompts import DATA_CLOSE, DATA_OPEN, PROFILES
 from schemas.errors import DeadlineExceeded, EngineError, ModelLoadError, RequestRejected
-from tests.llama.helpers import CONTEXTS, request
+from tests.llama.helpers import CONTEXTS, request, wait_stats
 
 pytestmark = pytest.mark.llama
 
@@ -134,15 +134,17 @@ async def test_reload_swaps_models_without_losing_in_flight_requests(
         )
         for i in range(6)  # more than the slots: two wait in the queue
     ]
-    await asyncio.sleep(0.3)
+    await wait_stats(engine, slots_busy=4, waiting=2)
     reload = asyncio.create_task(engine.reload(str(copy)))
-    await asyncio.sleep(0.05)
+    assert not reload.done()
     later = [
         asyncio.create_task(
             engine.generate(request(i, request_id=f"b{i}", max_tokens=10, ignore_eos=True))
         )
         for i in range(3)
     ]
+    await asyncio.sleep(0)  # the three are submitted while the reload is under way
+    assert not reload.done()
     await reload
     results = await asyncio.gather(*first, *later)
     assert [r.completion_tokens for r in results] == [30] * 6 + [10] * 3
@@ -256,7 +258,7 @@ async def test_urgent_request_preempts_a_low_one_which_still_completes(start_eng
     low = asyncio.create_task(
         run(request(0, request_id="low", priority=3, max_tokens=60, ignore_eos=True))
     )
-    await asyncio.sleep(0.4)
+    await wait_stats(engine, slots_busy=1)
     normal = asyncio.create_task(
         run(request(1, request_id="normal", priority=2, max_tokens=5, ignore_eos=True))
     )
@@ -282,7 +284,7 @@ async def test_waiting_requests_are_admitted_in_arrival_order(start_engine) -> N
     first = asyncio.create_task(
         run(request(0, request_id="high", priority=1, max_tokens=60, ignore_eos=True))
     )
-    await asyncio.sleep(0.3)
+    await wait_stats(engine, slots_busy=1)
     tasks = [
         asyncio.create_task(run(request(1, request_id="low", priority=3, max_tokens=4))),
         asyncio.create_task(run(request(2, request_id="normal", priority=2, max_tokens=4))),
@@ -294,7 +296,7 @@ async def test_waiting_requests_are_admitted_in_arrival_order(start_engine) -> N
 async def test_cancelled_generation_frees_its_slot(start_engine) -> None:
     engine = await start_engine(max_concurrent_requests=2)
     task = asyncio.create_task(engine.generate(request(0, max_tokens=400, ignore_eos=True)))
-    await asyncio.sleep(0.3)
+    await wait_stats(engine, slots_busy=1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -309,7 +311,7 @@ async def test_stop_fails_pending_generations(start_engine) -> None:
         asyncio.create_task(engine.generate(request(i, max_tokens=300, ignore_eos=True)))
         for i in range(2)
     ]
-    await asyncio.sleep(0.3)
+    await wait_stats(engine, slots_busy=1, waiting=1)
     await engine.stop()
     for task in tasks:
         with pytest.raises(EngineError):
