@@ -35,21 +35,30 @@ class InflatedTooLarge(ValueError):
     """A compressed batch inflates past the cap."""
 
 
+_CHUNK = 1 << 20  # inflate at most this much per call: the peak stays near the cap
+
+
 def _bounded_gzip(max_bytes: int) -> Callable[[Any], bytes]:
     def gzip_decode(payload: Any) -> bytes:
+        # Chunks in a list, joined once at the end: growing one bytearray would copy it
+        # on every reallocation (twice the cap resident at the worst moment).
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        out = bytearray()
+        chunks: list[bytes] = []
+        size = 0
         data = bytes(payload)
         while data:
-            out += inflater.decompress(data, max_bytes + 1 - len(out))
-            if len(out) > max_bytes:
+            chunk = inflater.decompress(data, min(_CHUNK, max_bytes + 1 - size))
+            size += len(chunk)
+            if size > max_bytes:
+                chunks.clear()
                 raise InflatedTooLarge(f"a compressed batch inflates past {max_bytes} bytes")
+            chunks.append(chunk)
             data = inflater.unconsumed_tail
             if inflater.eof:
                 data = inflater.unused_data  # concatenated gzip members
                 if data:
                     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        return bytes(out)
+        return b"".join(chunks)
 
     return gzip_decode
 

@@ -7,8 +7,8 @@ summary are collected over the session and written at its end (see ``summary.py`
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kafka)
 
 
+_OUTCOME = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_OUTCOME] = report.passed
+    return report
+
+
 @pytest.fixture(scope="session")
 def summary_rows() -> Iterator[list[Row]]:
-    """Rows added by the scenarios; written as JSON when the session ends."""
+    """Rows of scenarios that passed; written as JSON when the session ends."""
     rows: list[Row] = []
     yield rows
     if rows:
@@ -69,13 +80,26 @@ class Scenario:
         self.procs.append(proc)
         return proc.start() if start else proc
 
-    async def finish(self, bound: int, observed: str, **extra: Any) -> Verdict:
-        """Stop every consumer still running, check the history, record the row, and
-        assert the guarantee (nothing missing, duplicates within ``bound``, no phantom)."""
+    async def finish(
+        self,
+        bound: int,
+        observed: str | Callable[[Verdict], str],
+        *,
+        statuses: Iterable[str] = ("OK",),
+        **extra: Any,
+    ) -> Verdict:
+        """Stop every consumer still running, check the history, assert the guarantee, and
+        keep the row for the summary (written only if the whole test passes).
+
+        The guarantee: every input has an output, repeats within ``bound`` per fault
+        window (in total without a fault), every valid request answered with one of
+        ``statuses`` and none dead-lettered, no phantom. ``observed`` may be built from
+        the verdict, so that its words are measured too."""
         for proc in self.procs:
             if proc.alive():
                 await proc.terminate()
         verdict = await self.history.check()
+        text = observed(verdict) if callable(observed) else observed
         extra = {
             "statuses": dict(verdict.statuses),
             "dead_lettered": verdict.dead_lettered,
@@ -83,6 +107,8 @@ class Scenario:
             "duplicates_below_commit": verdict.duplicates_below_commit,
             "faults": len(self.history.faults),
             "identical_copies": verdict.identical_copies,
+            "per_fault": verdict.per_fault,
+            "valid_statuses": dict(verdict.valid_statuses),
             **extra,
         }
         self.rows.append(
@@ -94,11 +120,11 @@ class Scenario:
                 missing=len(verdict.missing),
                 duplicates=verdict.duplicates,
                 bound=bound,
-                observed=observed,
+                observed=text,
                 extra=extra,
             )
         )
-        problems = verdict.problems(bound)
+        problems = verdict.problems(bound, frozenset(statuses))
         if self.history.below_commit:
             sample = sorted(self.history.below_commit.items())[:5]
             problems.append(f"faults at committed {self.history.faults}; e.g. {sample}")
@@ -110,10 +136,14 @@ ScenarioFactory = Callable[..., Awaitable[Scenario]]
 
 
 @pytest.fixture
-async def scenario(kafka_bootstrap: str, summary_rows: list[Row]) -> AsyncIterator[ScenarioFactory]:
+async def scenario(
+    kafka_bootstrap: str, summary_rows: list[Row], request: pytest.FixtureRequest
+) -> AsyncIterator[ScenarioFactory]:
     """Factory: ``await scenario(name, delivery, bootstrap=..., **settings)``; topics are
-    created with 3 partitions; every consumer started is gone after the test."""
+    created with 3 partitions; every consumer started is gone after the test, and its
+    rows reach the summary only if the test passed (its assertions after ``finish`` too)."""
     made: list[Scenario] = []
+    pending: list[Row] = []
 
     async def make(
         name: str,
@@ -151,7 +181,7 @@ async def scenario(kafka_bootstrap: str, summary_rows: list[Row]) -> AsyncIterat
             settings.results_topic,
             settings.dlq_topic,
         )
-        sc = Scenario(name, delivery, settings, history, env, summary_rows)
+        sc = Scenario(name, delivery, settings, history, env, pending)
         made.append(sc)
         return sc
 
@@ -159,14 +189,15 @@ async def scenario(kafka_bootstrap: str, summary_rows: list[Row]) -> AsyncIterat
     for sc in made:
         for proc in sc.procs:
             await proc.close()
+    if request.node.stash.get(_OUTCOME, False):
+        summary_rows.extend(replace(row, passed=True) for row in pending)
 
 
-def alo_bound(settings: Settings, faults: int) -> int:
-    """At-least-once duplicate bound: per fault, at most what one consumer held uncommitted:
-    MAX_UNCOMMITTED_PER_PARTITION per partition plus its buffers and slots."""
-    per_fault = (
+def alo_bound(settings: Settings) -> int:
+    """At-least-once duplicate bound per fault: at most what one consumer held
+    uncommitted: MAX_UNCOMMITTED_PER_PARTITION per partition plus its buffers and slots."""
+    return (
         settings.kafka_partitions * settings.max_uncommitted_per_partition
         + settings.max_queue_size
         + settings.max_concurrent_requests
     )
-    return faults * per_fault

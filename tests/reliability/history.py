@@ -60,16 +60,31 @@ class Verdict:
     aborted_hidden: int  # records in aborted/fenced transactions, hidden from read_committed
     duplicates_below_commit: int = 0  # duplicates at offsets already committed at a fault
     identical_copies: int = 0  # duplicates byte-identical to another output: a resent record
+    per_fault: list[int] = field(default_factory=list)  # repeats attributed to each fault
+    valid_statuses: Counter[str] = field(default_factory=Counter)  # of valid inputs only
+    valid_dead_lettered: list[Position] = field(default_factory=list)
 
-    def problems(self, duplicate_bound: int) -> list[str]:
-        """Human-readable violations (empty when the guarantee held)."""
+    def problems(self, duplicate_bound: int, statuses: frozenset[str]) -> list[str]:
+        """Human-readable violations (empty when the guarantee held): ``duplicate_bound``
+        holds per fault window (in total when there was no fault); every valid input is
+        answered with one of ``statuses`` and none is dead-lettered."""
         out = []
         if self.missing:
             out.append(f"{len(self.missing)} inputs without output, e.g. {self.missing[:3]}")
-        if self.duplicates > duplicate_bound:
+        windows = self.per_fault or [self.duplicates]
+        for n, repeats in enumerate(windows, start=1):
+            if repeats > duplicate_bound:
+                out.append(
+                    f"{repeats} duplicate outputs in fault window {n} > bound "
+                    f"{duplicate_bound} (e.g. at {self.duplicated_inputs[:3]})"
+                )
+        unexpected = {s: n for s, n in self.valid_statuses.items() if s not in statuses}
+        if unexpected:
+            out.append(f"valid requests answered {unexpected}, expected only {sorted(statuses)}")
+        if self.valid_dead_lettered:
             out.append(
-                f"{self.duplicates} duplicate outputs > bound {duplicate_bound} "
-                f"(e.g. at {self.duplicated_inputs[:3]})"
+                f"{len(self.valid_dead_lettered)} valid requests dead-lettered, "
+                f"e.g. at {self.valid_dead_lettered[:3]}"
             )
         if self.duplicates_below_commit:
             out.append(
@@ -309,6 +324,8 @@ class History:
         hits: Counter[Position] = Counter()
         phantoms = 0
         statuses: Counter[str] = Counter()
+        valid_statuses: Counter[str] = Counter()
+        valid_dead: list[Position] = []
         # Same request, consumer and completion instant twice: one send written twice
         # (a producer retry without idempotence), not a request processed twice.
         copies = Counter((r.request_id, r.consumer_id, r.completed_at) for r in results)
@@ -321,9 +338,13 @@ class History:
                 continue
             hits[item.position] += 1
             statuses[r.status.value] += 1
+            if item.request_id is not None:
+                valid_statuses[r.status.value] += 1
         for pos in dead:
             if pos in self.inputs:
                 hits[pos] += 1
+                if self.inputs[pos].request_id is not None:
+                    valid_dead.append(pos)
             else:
                 phantoms += 1
         missing = [
@@ -338,6 +359,15 @@ class History:
             for pos in dups
         }
         below = sum(n for n in excess.values() if n > 0)
+        # Each repeat belongs to a fault at which its input was not yet committed: the
+        # first such fault takes the first repeat, the next the second, and so on.
+        per_fault = [0] * len(self.faults)
+        for pos in dups:
+            windows = [
+                n for n, f in enumerate(self.faults) if pos[2] >= f.get((pos[0], pos[1], 0), 0)
+            ]
+            for n in windows[: hits[pos] - 1]:
+                per_fault[n] += 1
         self.below_commit = {
             pos: sorted(
                 (r.consumer_id, r.completed_at.isoformat())
@@ -361,6 +391,9 @@ class History:
             aborted_hidden=raw - len(results) - len(dead),
             duplicates_below_commit=below,
             identical_copies=sum(n - 1 for n in copies.values()),
+            per_fault=per_fault,
+            valid_statuses=valid_statuses,
+            valid_dead_lettered=sorted(valid_dead),
         )
 
 

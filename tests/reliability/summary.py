@@ -37,6 +37,7 @@ class Row:
     bound: int
     observed: str  # what the consumer did, in words with figures
     extra: dict[str, Any] = field(default_factory=dict)
+    passed: bool = False  # set only once the scenario's test passed as a whole
 
 
 def summary_path() -> Path:
@@ -79,9 +80,16 @@ def render(doc: dict[str, Any]) -> str:
     for r in doc["rows"]:
         lines.append(
             f"| {r['scenario']} | {r['delivery']} | {r['requests']} | {r['answered']} | "
-            f"{r['missing']} | {r['duplicates']} (≤ {r['bound']}) | {r['observed']} |"
+            f"{r['missing']} | {r['duplicates']} ({_bound(r)}) | {r['observed']} |"
         )
     return "\n".join(lines)
+
+
+def _bound(row: dict[str, Any]) -> str:
+    faults = row["extra"].get("faults", 0)
+    if not faults:
+        return f"≤ {row['bound']}"
+    return f"≤ {row['bound']} per fault, {faults} fault{'s' if faults > 1 else ''}"
 
 
 def replace_table(readme: str, table: str) -> str:

@@ -69,7 +69,7 @@ async def test_leader_of_a_busy_partition_killed(
         assert new_leader != node_id
     finally:
         await asyncio.to_thread(cluster.restart_node, node_id - 1)
-    bound = 0 if delivery == "exactly-once" else alo_bound(sc.settings, 1)
+    bound = 0 if delivery == "exactly-once" else alo_bound(sc.settings)
     await sc.finish(
         bound,
         f"leader (node {node_id}) killed; answering again after {resumed:.0f} s "

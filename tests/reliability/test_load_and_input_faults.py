@@ -10,18 +10,24 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from consumer.engines.fake import FakeEngine
 from consumer.runtime.service import ConsumerService
+from producer_sdk._inflate import MAX_INFLATED_BATCH_BYTES
 from schemas.codec import REQUEST_SUBJECT
+from schemas.models import ExplanationRequest
+from tests.hostile_wire import send_with_hostile_header, use_python_builder
 from tests.integration.helpers import make_request
 from tests.reliability.conftest import ScenarioFactory
-from tests.reliability.history import CODEC
+from tests.reliability.history import CODEC, Input, Position
 from tests.reliability.procs import ConsumerProcess
 
 DELIVERIES = ["at-least-once", "exactly-once"]
+WIRE = 10  # records of scenario 8 the Kafka client cannot parse
 
 
 def _rss_mb(pid: int) -> float:
@@ -98,9 +104,13 @@ async def test_engine_down_then_healthy(scenario: ScenarioFactory, delivery: str
         assert service.status()["breaker"] == "closed"
     verdict = await sc.finish(
         0,
-        f"breaker open after {opened[0]:.1f} s, intake paused, 0 dead letters; "
-        f"{failed_while_down} answered FAILED while down; the rest OK {recovered:.0f} s "
-        "after the engine healed",
+        lambda v: (
+            f"breaker open after {opened[0]:.1f} s, intake "
+            f"{'paused' if paused_seen else 'never paused'}, {v.dead_lettered} dead letters; "
+            f"{v.statuses['FAILED']} answered FAILED while down; the other "
+            f"{v.statuses['OK']} OK {recovered:.0f} s after the engine healed"
+        ),
+        statuses=("OK", "FAILED"),
         failed_while_down=failed_while_down,
         recovered_s=round(recovered, 1),
     )
@@ -147,6 +157,7 @@ async def test_burst_of_ten_times_capacity_with_deadlines(
         0,
         f"{statuses['EXPIRED']} EXPIRED without inference, {statuses['OK']} OK; urgent p95 "
         f"{p95:.2f} s; memory +{grown:.0f} MB",
+        statuses=("OK", "EXPIRED"),
         urgent_p95_s=round(p95, 2),
         rss_growth_mb=round(grown, 1),
     )
@@ -207,11 +218,69 @@ def _hostile(rng: random.Random) -> list[tuple[str, bytes]]:
     return items
 
 
+async def _hostile_on_the_wire(
+    sc: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[Position, str], list[ExplanationRequest]]:
+    """Records the Kafka client itself cannot parse, recorded in the history: header keys
+    that are not UTF-8 (each its own batch), a gzip bomb, and one batch of ten valid
+    requests with such a record at its middle. What follows an unparseable record in its
+    batch cannot be read through the client either: those five are expected in the DLQ
+    (as references), the four before it answered. Returns kind by position and the valid
+    requests that must be answered."""
+    use_python_builder(monkeypatch)
+    conn = sc.history.conn.aiokafka_kwargs()
+    kinds: dict[Position, str] = {}
+    answered: list[ExplanationRequest] = []
+
+    def record(meta: Any, kind: str, request: ExplanationRequest | None = None) -> None:
+        rid = None if request is None else request.request_id
+        item = Input(meta.topic, meta.partition, meta.offset, rid)
+        sc.history.inputs[item.position] = item
+        if request is None:
+            kinds[item.position] = kind
+        else:
+            answered.append(request)
+
+    singles = [
+        (f"h{n}".encode(), CODEC.encode_request(make_request(900 + n)), True) for n in range(3)
+    ]
+    for meta in await send_with_hostile_header(conn, sc.topic, singles):
+        record(meta, "header key not UTF-8")
+    batch = [make_request(910 + n) for n in range(10)]
+    metas = await send_with_hostile_header(
+        conn,
+        sc.topic,
+        [(r.request_id.encode(), CODEC.encode_request(r), n == 4) for n, r in enumerate(batch)],
+        one_batch=True,
+    )
+    for n, (meta, r) in enumerate(zip(metas, batch, strict=True)):
+        if n < 4:
+            record(meta, "", r)
+        else:
+            record(meta, "header key not UTF-8" if n == 4 else "after it in its batch")
+    producer = AIOKafkaProducer(**conn, acks="all", compression_type="gzip", max_request_size=2**27)
+    await producer.start()
+    try:
+        bomb = b"\x00" * (MAX_INFLATED_BATCH_BYTES + 6 * 2**20)
+        meta = await (await producer.send(sc.topic, bomb, key=b"bomb", partition=0))
+        del bomb
+    finally:
+        await producer.stop()
+    record(meta, "gzip bomb")
+    return kinds, answered
+
+
 @pytest.mark.parametrize("delivery", DELIVERIES)
-async def test_hostile_input_at_scale(scenario: ScenarioFactory, delivery: str) -> None:
+async def test_hostile_input_at_scale(
+    scenario: ScenarioFactory, delivery: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = random.Random(8)
     hostile = _hostile(rng)
-    sc = await scenario(f"8 hostile input ({len(hostile)} records) amid 150 valid", delivery)
+    sc = await scenario(
+        f"8 hostile input ({len(hostile)} records, + {WIRE} the client cannot parse) "
+        "amid 150 valid",
+        delivery,
+    )
     valid = [make_request(i) for i in range(150)]
     mixed: list[tuple[str | None, bytes, bytes]] = []
     for kind, data in hostile:
@@ -226,6 +295,10 @@ async def test_hostile_input_at_scale(scenario: ScenarioFactory, delivery: str) 
     kind_at = {
         i.position: m[1].decode() for i, m in zip(inputs, mixed, strict=True) if m[0] is None
     }
+    wire, in_batch = await _hostile_on_the_wire(sc, monkeypatch)
+    assert len(wire) == WIRE
+    kind_at.update(wire)
+    valid += in_batch
     await sc.history.wait_answered(timeout_s=180, extra=1)
     # Every hostile record has its one output too (DLQ or a result naming its offset).
     for _ in range(240):
@@ -240,25 +313,43 @@ async def test_hostile_input_at_scale(scenario: ScenarioFactory, delivery: str) 
         (r.request_offset.topic, r.request_offset.partition, r.request_offset.offset): r
         for r in results
     }
+    dead = set(await sc.history.dead_letters())
     outcome: dict[str, Counter[str]] = {}
     for pos, kind in kind_at.items():
         r = by_pos.get(pos)
-        outcome.setdefault(kind, Counter())["DLQ" if r is None else r.status.value] += 1
+        seen = "DLQ" if pos in dead else "none" if r is None else r.status.value
+        outcome.setdefault(kind, Counter())[seen] += 1
     answered = Counter(by_pos[p].status.value for p in kind_at if p in by_pos)
+    ok_ids = {r.request_id for r in results if r.status == "OK"}
+    valid_ok = sum(1 for r in valid if r.request_id in ok_ids)
+    wire_dlq = sum(1 for p in wire if p in dead)
     verdict = await sc.finish(
         0,
-        f"{verdict.dead_lettered} dead-lettered, "
+        f"{verdict.dead_lettered} dead-lettered ({wire_dlq} of them unparseable by the "
+        "client, as references), "
         + ", ".join(f"{n} {status}" for status, n in sorted(answered.items()))
-        + f" (hostile but decodable); every valid one OK; memory +{grown:.0f} MB",
+        + f" (hostile but decodable); {valid_ok} of {len(valid)} valid OK; "
+        f"memory +{grown:.0f} MB",
         rss_growth_mb=round(grown, 1),
         outcome_by_kind={k: dict(v) for k, v in outcome.items()},
     )
-    ok_ids = {r.request_id for r in results if r.status == "OK"}
-    assert {r.request_id for r in valid} <= ok_ids
-    for kind in ("huge map", "NaN", "negative max_tokens", "avro bomb", "oversized"):
+    assert valid_ok == len(valid)
+    dlq_only = (
+        "random",
+        "huge map",
+        "NaN",
+        "negative max_tokens",
+        "absurd temperature",
+        "avro bomb",
+        "oversized",
+        "header key not UTF-8",
+        "after it in its batch",
+        "gzip bomb",
+    )
+    for kind in dlq_only:
         assert set(outcome[kind]) == {"DLQ"}, (kind, outcome[kind])
     for kind in ("max_tokens above the cap", "context above MAX_CONTEXT_BYTES"):
         assert set(outcome[kind]) == {"REJECTED"}, (kind, outcome[kind])
     # A hostile record that decodes to a valid request is a request like any other.
-    assert all(by_pos[p].status != "FAILED" for p in kind_at if p in by_pos)
+    assert set(outcome["mutated"]) <= {"DLQ", "OK", "REJECTED"}, outcome["mutated"]
     assert grown < 150, f"consumer memory grew {grown:.0f} MB"

@@ -25,9 +25,13 @@ def test_the_summary_covers_every_scenario_and_holds_its_bounds() -> None:
     numbers = {row["scenario"].split()[0] for row in rows}
     assert numbers == {str(n) for n in range(1, 10)}
     for row in rows:
+        assert row.get("passed") is True, f"a row of a run that did not pass: {row}"
         assert row["missing"] == 0, row
         assert row["answered"] == row["requests"], row
-        assert row["duplicates"] <= row["bound"], row
+        windows = row["extra"]["per_fault"] or [row["duplicates"]]
+        assert len(windows) == max(1, row["extra"]["faults"]), row
+        assert all(n <= row["bound"] for n in windows), row
+        assert sum(windows) <= row["duplicates"], row
         if row["delivery"] == "exactly-once":
             assert row["bound"] == 0, row
     deliveries = {(r["scenario"].split()[0], r["delivery"]) for r in rows}
