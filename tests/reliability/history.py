@@ -74,8 +74,9 @@ class Verdict:
         windows = self.per_fault or [self.duplicates]
         for n, repeats in enumerate(windows, start=1):
             if repeats > duplicate_bound:
+                where = f"in fault window {n}" if self.per_fault else "without a fault"
                 out.append(
-                    f"{repeats} duplicate outputs in fault window {n} > bound "
+                    f"{repeats} duplicate outputs {where} > bound "
                     f"{duplicate_bound} (e.g. at {self.duplicated_inputs[:3]})"
                 )
         unexpected = {s: n for s, n in self.valid_statuses.items() if s not in statuses}
