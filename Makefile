@@ -23,7 +23,8 @@ GO_MODULES := github.com/kedacore/keda/v2@v2.21.0 \
 	github.com/compose-spec/compose-go/v2@v2.16.2
 
 .PHONY: install llama-wheel prometheus kafka-jars registry-jars validators setup lint test \
-	test-fast ci bench demo validate chart-schema clean gpu-assets reliability reliability-report
+	test-fast ci bench demo validate chart-schema clean gpu-assets reliability reliability-report \
+	nemesis
 
 # -- the two commands ----------------------------------------------------------------------
 
@@ -156,6 +157,15 @@ gpu-assets: $(VENV)/.installed
 # The fault-injection suite alone, and the README's Guarantees table regenerated from a run.
 reliability: setup
 	$(BIN)/python -m pytest -q -m reliability tests/reliability --durations=10
+# The seeded random nemesis alone (tests/reliability/nemesis.py): MINUTES per delivery mode;
+# what each run did goes to docs/reliability/nemesis-seed$(SEED).jsonl.
+SEED ?= 1
+MINUTES ?= 1.2
+nemesis: setup
+	rm -f docs/reliability/nemesis-seed$(SEED).jsonl
+	NEMESIS_SEED=$(SEED) NEMESIS_MINUTES=$(MINUTES) \
+		NEMESIS_REPORT=docs/reliability/nemesis-seed$(SEED).jsonl \
+		$(BIN)/python -m pytest -q -m reliability tests/reliability/test_nemesis.py
 reliability-report: setup
 	RELIABILITY_SUMMARY=docs/reliability/summary.json $(BIN)/python -m pytest -q -m reliability \
 		tests/reliability

@@ -36,6 +36,29 @@ async def test_a_full_kv_cache_requeues_the_newest_sequence_and_everyone_finishe
     assert engine.alive()
 
 
+async def test_the_production_kv_layout_holds_every_sequence_at_its_full_budget(
+    start_engine,
+) -> None:
+    """One KV stream per sequence (the layout production runs): a stream holds the
+    sequence's whole budget, so eight sequences each filling prompt + max_tokens to the
+    last token all finish with no KV-full event. (Running out of cells is reachable only
+    with a shared pool, the test above.)"""
+    budget = 256
+    engine = await start_engine(max_concurrent_requests=8, seq_budget_tokens=budget)
+    assert "kv_unified" not in engine.context_overrides
+    full = []
+    for i in range(8):
+        probe = request(i, seed=i)
+        _, enc = engine.render_prompt(probe.prompt_profile, probe.context)
+        full.append(request(i, max_tokens=budget - len(enc.tokens), ignore_eos=True, seed=i))
+    results = await asyncio.gather(*(engine.generate(r) for r in full))
+    stats = engine.stats()
+    # The last token of a budget is not generated: the stream ends one short of it.
+    assert all(r.prompt_tokens + r.completion_tokens >= budget - 1 for r in results)
+    assert stats["kv_full_events"] == 0
+    assert stats["requests_failed"] == 0
+
+
 async def test_reload_that_frees_the_old_model_first_still_serves(
     start_engine, model_path, tmp_path
 ) -> None:

@@ -327,9 +327,20 @@ class History:
         statuses: Counter[str] = Counter()
         valid_statuses: Counter[str] = Counter()
         valid_dead: list[Position] = []
-        # Same request, consumer and completion instant twice: one send written twice
-        # (a producer retry without idempotence), not a request processed twice.
-        copies = Counter((r.request_id, r.consumer_id, r.completed_at) for r in results)
+        # Same record answered by the same consumer at the same instant twice: one send
+        # written twice (a producer retry without idempotence, a transaction's records sent
+        # again), not a request processed twice.
+        copies = Counter(
+            (
+                r.request_offset.topic,
+                r.request_offset.partition,
+                r.request_offset.offset,
+                r.request_id,
+                r.consumer_id,
+                r.completed_at,
+            )
+            for r in results
+        )
         for r in results:
             # A result names the record it answers; a valid input must also match by id.
             src = r.request_offset

@@ -23,7 +23,7 @@ def test_readme_table_is_rendered_from_the_summary() -> None:
 def test_the_summary_covers_every_scenario_and_holds_its_bounds() -> None:
     rows = json.loads(SUMMARY.read_text())["rows"]
     numbers = {row["scenario"].split()[0] for row in rows}
-    assert numbers == {str(n) for n in range(1, 10)}
+    assert numbers - {"nemesis"} == {str(n) for n in range(1, 10)}
     for row in rows:
         assert row.get("passed") is True, f"a row of a run that did not pass: {row}"
         assert row["missing"] == 0, row

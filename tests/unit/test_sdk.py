@@ -163,8 +163,21 @@ def test_unclosed_client_warns() -> None:
     assert any(issubclass(w.category, ResourceWarning) for w in caught)
 
 
-def test_closed_client_does_not_warn() -> None:
+class _Stoppable:
+    """Stands in for the started aiokafka producer: records that close() stopped it."""
+
+    stopped = False
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_closed_client_does_not_warn() -> None:
     producer = ExplanationProducer(NOWHERE)
+    inner = _Stoppable()
+    producer._producer = inner  # type: ignore[assignment]  # as if started
+    await producer.close()
+    assert inner.stopped
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         del producer
