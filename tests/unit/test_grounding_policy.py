@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import replace
 from typing import Any
 
-import fastavro
 import pytest
 
 from consumer.config import GroundingPolicy, Settings
@@ -141,17 +139,8 @@ def test_the_policy_setting_defaults_to_repair_and_refuses_unknown_values() -> N
         Settings(grounding="maybe")
 
 
-def _roundtrip(record: dict[str, Any], writer: dict, reader: dict) -> dict:
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(writer), record)
-    buf.seek(0)
-    return fastavro.schemaless_reader(
-        buf, fastavro.parse_schema(writer), fastavro.parse_schema(reader)
-    )
-
-
 def test_result_v3_adds_grounding_with_full_compatibility() -> None:
-    from tests.unit.test_llama_accounting import _record
+    from tests.unit.test_llama_accounting import _record, _roundtrip
 
     v2, v3 = load_schema(RESULT_SUBJECT, 2), load_schema(RESULT_SUBJECT, 3)
     assert load_schema(RESULT_SUBJECT) == v3
