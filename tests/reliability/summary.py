@@ -89,7 +89,7 @@ def _bound(row: dict[str, Any]) -> str:
     faults = row["extra"].get("faults", 0)
     if not faults:
         return f"≤ {row['bound']}"
-    return f"≤ {row['bound']} per fault, {faults} fault{'s' if faults > 1 else ''}"
+    return f"≤ {row['bound']} per fault window, {faults} window{'s' if faults > 1 else ''}"
 
 
 def replace_table(readme: str, table: str) -> str:
