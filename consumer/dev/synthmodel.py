@@ -81,7 +81,7 @@ SHAPES: dict[str, ModelShape] = {
     "tiny": ModelShape(n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128, n_ctx_train=2048),
 }
 
-_QUANT_TYPES = {"Q4_K_M": 15, "Q4_0": 2, "Q8_0": 7, "F16": 1}
+_QUANT_TYPES = {"Q4_K_M": 15, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "F16": 1, "F32": 0}
 
 
 def _tokenizer_fields(source: str) -> tuple[list[tuple[str, Any, Any, Any]], int]:
@@ -201,8 +201,16 @@ def write_f16(
     return Path(path).stat().st_size, shape.n_params(n_vocab)
 
 
-def quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], qtype: str) -> None:
-    """Quantize a GGUF with llama.cpp's quantizer (``Q4_K_M``, ``Q4_0``, ``Q8_0``, ``F16``)."""
+def quantize(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    qtype: str,
+    *,
+    allow_requantize: bool = False,
+) -> None:
+    """Quantize a GGUF with llama.cpp's quantizer (``Q4_K_M``, ``Q4_0``, ``Q4_1``, ``Q8_0``,
+    ``F16``, ``F32``). ``allow_requantize`` lets it read quantized tensors: how an F32 copy
+    of a quantized model is made for training (dequantized, so no better than its source)."""
     import ctypes
 
     import llama_cpp
@@ -216,6 +224,7 @@ def quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], qtype: st
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = os.cpu_count() or 1
+    params.allow_requantize = allow_requantize
     rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:
         raise ModelLoadError(f"quantizing {src} to {qtype} failed ({rc})")
