@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "consumer.dev.demo",
     "consumer.edge.gateway",
     "consumer.dev.bench",
+    "consumer.dev.finetune",
 )
 
 

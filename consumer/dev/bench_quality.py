@@ -28,7 +28,7 @@ from consumer.engines.base import Engine, GenerationRequest
 from consumer.runtime.grounded import ground, number_grammar
 from schemas.models import GroundingSource
 
-__all__ = ["register", "run_policy", "run_quality_bench"]
+__all__ = ["compare", "register", "run_policy", "run_quality_bench"]
 
 
 def _request(i: int, max_tokens: int, temperature: float, grammar: bool) -> GenerationRequest:
@@ -290,25 +290,75 @@ def _policies(text: str) -> list[str]:
     return specs
 
 
+def compare(base: dict[str, Any], other: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per policy, the other model's figures beside the base's (same contexts and seeds)."""
+    rows = []
+    for a in base["runs"]:
+        b = next((r for r in other["runs"] if r["policy"] == a["policy"]), None)
+        if b is None:
+            continue
+        rows.append(
+            {
+                "policy": a["policy"],
+                "first_answer_failed": [1 - (a["first_answer_grounded"] or 0),
+                                        1 - (b["first_answer_grounded"] or 0)],
+                "model_share": [a["model_share"], b["model_share"]],
+                "published_grounded": [a["published_grounded"], b["published_grounded"]],
+                "tokens_per_s": [a["tokens_per_s"], b["tokens_per_s"]],
+                "tokens_per_s_ratio": ratio(b["tokens_per_s"], a["tokens_per_s"]),
+                "first_answer_fail_rate": {
+                    c: [a["first_answer_fail_rate"][c], b["first_answer_fail_rate"][c]]
+                    for c in CHECKS
+                },
+            }
+        )  # fmt: skip
+    return rows
+
+
+def compare_markdown(report: dict[str, Any]) -> str:
+    """Both models' reports, then the side-by-side table."""
+    base, other = report, report["compare"]
+    names = [m.get("model_name", "?") for m in (base["model"], other["model"])]
+    lines = [markdown(base), "", markdown(other), "", f"## {names[1]} beside {names[0]}", ""]
+    lines += [
+        "| GROUNDING | first answers failing (base → other) | written by the model | "
+        "published grounded | tokens/s (other/base) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in report["comparison"]:
+        fa, ms, pg = r["first_answer_failed"], r["model_share"], r["published_grounded"]
+        lines.append(
+            f"| {r['policy']} | {_pct(fa[0])} → {_pct(fa[1])} | {_pct(ms[0])} → {_pct(ms[1])} | "
+            f"{_pct(pg[0])} → {_pct(pg[1])} | {r['tokens_per_s_ratio']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def _cmd(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"engine": args.engine}
     if args.model_path:
         overrides["model_path"] = args.model_path
     if args.threads:
         overrides["n_threads"] = args.threads
-    report = asyncio.run(
-        run_quality_bench(
-            args.policies,
-            args.requests or len(QUALITY_CONTEXTS),
-            args.concurrency,
-            args.max_tokens,
-            args.temperature,
-            overrides,
-        )
+    shape = (
+        args.policies,
+        args.requests or len(QUALITY_CONTEXTS),
+        args.concurrency,
+        args.max_tokens,
+        args.temperature,
     )
+    report = asyncio.run(run_quality_bench(*shape, overrides))
+    render = markdown
+    if args.compare_model:
+        other = asyncio.run(
+            run_quality_bench(*shape, {**overrides, "model_path": args.compare_model})
+        )
+        report["compare"] = other
+        report["comparison"] = compare(report, other)
+        render = compare_markdown
     if args.plot:
         plot(report, args.plot)
-    emit(report, args, markdown)
+    emit(report, args, render)
     return 0
 
 
@@ -323,6 +373,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--temperature", type=float, default=0.1)
     q.add_argument("--model-path", default=None, help="GGUF file (default: MODEL_PATH)")
     q.add_argument("--threads", type=int, default=0, help="ggml threads (default: N_THREADS)")
+    q.add_argument(
+        "--compare-model",
+        default=None,
+        metavar="GGUF",
+        help="run the same contexts on this model too and print both side by side",
+    )
     q.add_argument("--plot", default=None, metavar="PNG", help="also write the plot here")
     common_args(q)
     q.set_defaults(func=_cmd)

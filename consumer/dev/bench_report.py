@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["build_report", "headline", "register"]
 
-NAMES = ("engine", "peer", "pipeline", "priority", "memory", "scale", "e2e", "quality")
+NAMES = ("engine", "peer", "pipeline", "priority", "memory", "scale", "e2e", "quality", "finetuned")
 
 
 def load(directory: Path) -> dict[str, dict[str, Any]]:
@@ -122,6 +122,8 @@ def headline(data: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]
             )
     if "quality" in data:
         rows += _quality_rows(data["quality"])
+    if "finetuned" in data:
+        rows += _finetuned_rows(data["finetuned"])
     if "e2e" in data:
         r = _num(data["e2e"].get("llama_over_sequential_explanations_per_min"))
         rows.append(
@@ -149,6 +151,38 @@ def _quality_rows(q: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{tps:.2f}x (results/s {_num(r.get('results_per_s_vs_off')):.2f}x, "
             f"p95 {_num(r.get('p95_vs_off')):.2f}x)",
             "met" if tps >= 0.85 else f"missed: by {0.85 - tps:.2f}",
+        ),
+    ]
+
+
+def _finetuned_rows(q: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The fine-tuned model beside the base (``bench quality --compare-model``)."""
+    r = next((x for x in q.get("comparison", []) if x["policy"] == "repair"), None)
+    if r is None:
+        return []
+    share, failed = r["model_share"], r["first_answer_failed"]
+
+    def verdict(ok: bool, miss: str) -> str:
+        return "met" if ok else f"missed: {miss}"
+
+    return [
+        (
+            "finetuned",
+            "fine-tuned: the model writes >= 90 % of OK results (GROUNDING=repair)",
+            f"{_num(share[1]):.0%} (base {_num(share[0]):.0%}, same contexts, same run)",
+            verdict(_num(share[1]) >= 0.9, f"by {0.9 - _num(share[1]):.0%}"),
+        ),
+        (
+            "finetuned",
+            "fine-tuned: first answers failing a check <= 10 %",
+            f"{_num(failed[1]):.0%} (base {_num(failed[0]):.0%})",
+            verdict(_num(failed[1]) <= 0.1, f"by {_num(failed[1]) - 0.1:.0%}"),
+        ),
+        (
+            "finetuned",
+            "fine-tuned / base tokens/s (GROUNDING=repair)",
+            f"{_num(r['tokens_per_s_ratio']):.2f}x",
+            "figure",
         ),
     ]
 

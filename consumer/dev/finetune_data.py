@@ -167,6 +167,32 @@ def _split(statement: str) -> tuple[str, str | None, str | None]:
     return value, pct, direction or None
 
 
+_ACRONYMS = {"eps", "iv", "hv", "rsi", "sma", "macd", "oi", "pe", "ev"}
+_UNITS = {"d": "day", "w": "week", "m": "month", "y": "year"}
+
+
+def _pretty(label: str) -> str:
+    """``"return 5d"`` → ``"5-day return"``, ``"rsi 14"`` → ``"14-day RSI"``, ``"eps"`` →
+    ``"EPS"``: how a person names the metric (the checker still sees its key's words)."""
+    words = label.split()
+    period = ""
+    out = []
+    for i, word in enumerate(words):
+        if len(word) > 1 and word[:-1].isdigit() and word[-1] in _UNITS:
+            period = f"{word[:-1]}-{_UNITS[word[-1]]} "
+        elif word.isdigit() and i and words[i - 1] in _ACRONYMS:
+            period = f"{word}-day "
+        elif word == "bps":
+            out.append("in basis points")
+        else:
+            out.append(word.upper() if word in _ACRONYMS else word)
+    return period + " ".join(out)
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1].lower() in "aeiou" or noun.split()[0] in {"RSI", "SMA", "HV"} else "a"
+
+
 def _metric_phrases(context: Mapping[str, Any], rng: random.Random) -> list[tuple[str, str, str]]:
     """(label, value as quoted, direction word or "") per metric, in the facts' order."""
     out = []
@@ -176,7 +202,7 @@ def _metric_phrases(context: Mapping[str, Any], rng: random.Random) -> list[tupl
         value, pct, direction = _split(statement)
         if pct is not None and rng.random() < 0.5:
             value = pct
-        out.append((subject.removeprefix("metric:"), value, direction or ""))
+        out.append((_pretty(subject.removeprefix("metric:")), value, direction or ""))
     return out
 
 
@@ -189,8 +215,12 @@ _DIRECTION = {
 }
 
 
-def _clause(label: str, value: str, direction: str, rng: random.Random) -> str:
-    forms = [f"the {label} is {value}", f"the {label} stands at {value}", f"a {label} of {value}"]
+def _clause(
+    label: str, value: str, direction: str, rng: random.Random, noun_only: bool = False
+) -> str:
+    forms = [f"{_article(label)} {label} of {value}"]
+    if not noun_only:
+        forms += [f"the {label} is {value}", f"the {label} stands at {value}"]
     text = rng.choice(forms)
     if direction:
         text += ", " + rng.choice(_DIRECTION[direction])
@@ -225,7 +255,11 @@ def _closing(context: Mapping[str, Any]) -> list[str]:
             "The shorter average is above the longer one." if sma50 > sma200
             else "The shorter average is below the longer one."
         )  # fmt: skip
-    out.append("These are the figures the analysis gives; no forecast is implied.")
+    out += [
+        "These are the figures the analysis gives; no forecast is implied.",
+        "No forecast is implied by these figures.",
+        "The analysis gives no further figures.",
+    ]
     return out
 
 
@@ -236,13 +270,13 @@ def explanations(context: Mapping[str, Any], rng: random.Random, n: int = 2) -> 
     found: list[str] = []
     for _ in range(4 * n):
         phrases = _metric_phrases(context, rng)
-        clauses = [_clause(*p, rng) for p in phrases]
+        shows = rng.random() < 0.25
+        clauses = [_clause(*p, rng, noun_only=shows) for p in phrases]
         if not clauses:
             break
         body = clauses[0] if len(clauses) == 1 else ", ".join(clauses[:-1]) + " and " + clauses[-1]
-        opener = rng.choice((
+        opener = f"{symbol} shows {body}." if shows else rng.choice((
             f"{symbol}'s {kind} analysis: {body}.",
-            f"{symbol} shows {body.removeprefix('the ')}.",
             f"{symbol}: {body}.",
             f"{symbol}, in this {kind} analysis, {body}.",
         ))  # fmt: skip

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from consumer.dev.gguf_meta import Field, gguf_fields
 from consumer.engines.model import default_model_path, init_llama_backend
 from schemas.errors import ModelLoadError
 
@@ -84,33 +85,13 @@ SHAPES: dict[str, ModelShape] = {
 _QUANT_TYPES = {"Q4_K_M": 15, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "F16": 1, "F32": 0}
 
 
-def _tokenizer_fields(source: str) -> tuple[list[tuple[str, Any, Any, Any]], int]:
+def _tokenizer_fields(source: str) -> tuple[list[Field], int]:
     """``tokenizer.*`` key/values of ``source`` as (key, value, type, sub_type), and n_vocab."""
-    import gguf
-
-    reader = gguf.GGUFReader(source)
-    out: list[tuple[str, Any, Any, Any]] = []
-    n_vocab = 0
-    for key, field in reader.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        if vtype == gguf.GGUFValueType.ARRAY:
-            sub = field.types[1]
-            if sub == gguf.GGUFValueType.STRING:
-                value: Any = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-            else:
-                value = [field.parts[i].tolist()[0] for i in field.data]
-            if key == "tokenizer.ggml.tokens":
-                n_vocab = len(value)
-            out.append((key, value, vtype, sub))
-        elif vtype == gguf.GGUFValueType.STRING:
-            out.append((key, bytes(field.parts[field.data[0]]).decode("utf-8"), vtype, None))
-        else:
-            out.append((key, field.parts[field.data[0]].tolist()[0], vtype, None))
+    fields = gguf_fields(source, lambda key: key.startswith("tokenizer."))
+    n_vocab = next((len(f[1]) for f in fields if f[0] == "tokenizer.ggml.tokens"), 0)
     if not n_vocab:
         raise ModelLoadError(f"{source} has no tokenizer.ggml.tokens")
-    return out, n_vocab
+    return fields, n_vocab
 
 
 def write_vocab_only(
