@@ -208,6 +208,7 @@ class ExplanationResult(BaseModel):
     attempts: int = 1
     compute_ms: float | None = None  # v2
     grounding: Grounding | None = None  # v3
+    service_version: str | None = None  # v4
 
     @field_validator("completed_at")
     @classmethod

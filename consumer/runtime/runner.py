@@ -43,6 +43,7 @@ from schemas.models import (
     SourceOffset,
     utcnow,
 )
+from schemas.version import __version__
 
 __all__ = ["RequestRunner"]
 
@@ -284,6 +285,7 @@ class RequestRunner:
             ),
             attempts=max(1, work.attempts),
             grounding=grounding if ok else None,
+            service_version=__version__,
         )
 
     async def publish(self, work: Work, result: ExplanationResult) -> None:

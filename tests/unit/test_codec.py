@@ -112,7 +112,7 @@ def test_result_round_trips_for_every_status(status: ResultStatus) -> None:
     codec = Codec()
     result = make_result(status, confidence_score=None if status is not ResultStatus.OK else 0.5)
     data = codec.encode_result(result)
-    assert struct.unpack(">I", data[1:5])[0] == 4  # ExplanationResult v3 (grounding)
+    assert struct.unpack(">I", data[1:5])[0] == 5  # ExplanationResult v4 (service_version)
     assert codec.decode_result(data) == result
 
 
