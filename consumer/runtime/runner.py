@@ -82,6 +82,7 @@ class RequestRunner:
         wake: asyncio.Event,
         on_fallback: Callable[[str], None] = lambda to: None,
         on_grounded: Callable[[Work, GroundedAnswer], None] = lambda work, answer: None,
+        on_tokens: Callable[[str, float | None, float | None], None] = lambda *timing: None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -99,6 +100,7 @@ class RequestRunner:
         self._wake = wake
         self._on_fallback = on_fallback
         self._on_grounded = on_grounded
+        self._on_tokens = on_tokens
 
     async def run(
         self, entry: Buffered[Work], priority: int, release_slot: Callable[[], None]
@@ -164,6 +166,8 @@ class RequestRunner:
             grammar=self._grammar(context),
         )
         generated, attempt, error, retriable = await self._generate(gen, deadline, started)
+        if generated is not None:
+            self._on_tokens(work.tier, generated.first_token_s, generated.time_per_output_token_s)
         outcome = decide(
             attempt,
             error=error,

@@ -202,6 +202,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             wake=self._wake,
             on_fallback=self.metrics.publish_fallback if self.metrics else lambda to: None,
             on_grounded=self._grounded,
+            on_tokens=self.metrics.observe_tokens_timing if self.metrics else lambda *t: None,
         )
         self.dispatcher = Dispatcher(
             scheduler=self.scheduler,

@@ -8,7 +8,10 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+
 from consumer.cli import build_parser
+from consumer.ops.metrics import Metrics
 from schemas.codec import RESULT_SUBJECT, Codec, load_schema
 from schemas.compat import check_full_compatibility
 from schemas.version import __version__
@@ -28,6 +31,14 @@ def test_cli_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
         build_parser().parse_args(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.strip() == f"explainstream {__version__}"
+
+
+def test_build_info_is_one_series_with_the_version() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    assert registry.get_sample_value("explainstream_build_info", {"version": __version__}) == 1
+    families = [f for f in registry.collect() if f.name == "explainstream_build_info"]
+    assert [len(f.samples) for f in families] == [1]
 
 
 def test_result_v4_adds_service_version_with_full_compatibility() -> None:
