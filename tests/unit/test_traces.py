@@ -142,3 +142,45 @@ def test_a_request_without_traceparent_starts_a_trace_of_its_own(exporter: Any) 
     (process, _wait) = sorted(exporter.get_finished_spans(), key=lambda s: s.name)
     assert process.parent is None
     assert process.attributes["explainstream.status"] == "abandoned"
+
+
+class _Sink:
+    defers_writes = False
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[str, bytes]] = []
+
+    async def writable(self, topic: str) -> bool:
+        return True
+
+    async def put(self, tp: Any, offset: int, topic: str, key: bytes, value: bytes,
+                  headers: list[tuple[str, bytes]], alternatives: Any) -> None:  # fmt: skip
+        self.headers = headers
+
+
+async def test_result_and_publish_dead_letter_records_carry_the_trace_context() -> None:
+    from consumer.config import Settings
+    from consumer.kafka.intake import Work
+    from consumer.kafka.sinks import PublishError
+    from consumer.runtime.runner import RequestRunner
+    from schemas.codec import Codec
+    from tests.unit.test_codec import make_result
+
+    sink = _Sink()
+    kwargs: dict[str, Any] = dict.fromkeys(
+        ("engine", "breaker", "scheduler", "dead_letters", "limits", "owns", "stopping",
+         "on_result", "on_retry", "wake"),
+    )  # fmt: skip
+    runner = RequestRunner(
+        settings=Settings(),
+        sink=sink,
+        codec=Codec(),
+        consumer_id="c",
+        **kwargs,  # type: ignore[arg-type]
+    )
+    work = Work(make_request(), _TP("p.requests.high", 0), 3, "high", 0.0, traceparent=PARENT)
+    await runner._put(work, "p.results", make_result())
+    assert ("traceparent", PARENT.encode()) in sink.headers
+    _, _, dead = runner._dead_letter(work, PublishError("refused"))
+    assert dead[0] == ("traceparent", PARENT.encode())
+    assert ("dlq.stage", b"publish") in dead
