@@ -39,6 +39,7 @@ class _Spans:
     request: Any
     traceparent: str | None
     children: list[Any] = field(default_factory=list)
+    waiting_since: float | None = None  # monotonic end of the last attempt (a retry waits)
 
 
 def _epoch_ns(monotonic: float) -> int:
@@ -96,11 +97,12 @@ class Traces:
             )
             work.trace = _Spans(span, _tracing.traceparent_of(span))
         spans: _Spans = work.trace
+        since = spans.waiting_since if spans.waiting_since is not None else work.received_monotonic
         wait = _tracing.start_span(
             self._tracer,
             "queue wait",
             parent=spans.traceparent,
-            start_time=_epoch_ns(work.received_monotonic),
+            start_time=_epoch_ns(since),
         )
         wait.end(end_time=_epoch_ns(started))
 
@@ -120,6 +122,8 @@ class Traces:
         except BaseException as exc:
             _tracing.end_span(child, exc)
             raise
+        finally:
+            spans.waiting_since = time.monotonic()
         _tracing.end_span(child)
 
     def generated(self, work: _Work, model: str, generated: Any) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -184,3 +185,21 @@ async def test_result_and_publish_dead_letter_records_carry_the_trace_context() 
     _, _, dead = runner._dead_letter(work, PublishError("refused"))
     assert dead[0] == ("traceparent", PARENT.encode())
     assert ("dlq.stage", b"publish") in dead
+
+
+def test_a_retry_waits_from_the_end_of_the_last_attempt(exporter: Any) -> None:
+    traces = Traces.from_env(group="grp", consumer_id="c-1")
+    work = _work()
+    traces.begin(work, 0.5)
+    with traces.span(work, "inference"):
+        pass
+    first_end = next(s for s in exporter.get_finished_spans() if s.name == "inference").end_time
+    traces.begin(work, time.monotonic())  # requeued after a retriable failure, admitted again
+    traces.finish(work, "OK")
+    waits = sorted(
+        (s for s in exporter.get_finished_spans() if s.name == "queue wait"),
+        key=lambda s: s.start_time,
+    )
+    assert len(waits) == 2
+    assert waits[1].start_time >= first_end - 1_000_000  # the two clocks agree to ~1 ms
+    assert waits[0].end_time <= waits[1].start_time
