@@ -46,7 +46,7 @@ COPY consumer ./consumer
 # One wheel per distribution (explainstream, llama-cpp-python built from source, the
 # bundled model, every dependency) so the runtime stage installs offline.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/build/bin/pip wheel --wheel-dir /wheels ".[consumer]"
+    /opt/build/bin/pip wheel --wheel-dir /wheels ".[consumer,otel]"
 
 # ---------------------------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE} AS runtime
@@ -65,7 +65,7 @@ RUN set -eux; \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python3.11 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels \
-        "explainstream[consumer]" \
+        "explainstream[consumer,otel]" \
     && /opt/venv/bin/pip uninstall -y pip
 
 RUN groupadd --system --gid 10001 explainstream \

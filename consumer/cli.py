@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from schemas.errors import ExplainstreamError, KafkaUnavailable
+from schemas.version import __version__
 
 __all__ = ["build_parser", "main"]
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="explainstream", description="Kafka-native LLM explanation service"
     )
+    parser.add_argument("--version", action="version", version=f"explainstream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from producer_sdk import _tracing
 from producer_sdk._kafka import (
     guarded,
     make_consumer,
@@ -178,16 +179,29 @@ class ExplanationClient:
         )
         future: asyncio.Future[ExplanationResult] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
+        # With tracing on, one span covers the round trip and parents the request's.
+        span = _tracing.explain_span(request, tier, traceparent)
+        parent = traceparent if span is None else _tracing.traceparent_of(span)
+        error: BaseException | None = None
         try:
             async with asyncio.timeout(timeout):
-                await self.producer.send_request(request, priority=tier, traceparent=traceparent)
-                return await future
+                await self.producer.send_request(request, priority=tier, traceparent=parent)
+                result = await future
+            if span is not None:
+                span.set_attribute("explainstream.status", result.status.value)
+            return result
         except TimeoutError:
-            raise ExplainTimeout(
+            error = ExplainTimeout(
                 f"no result for request {request.request_id} within {timeout:g}s"
-            ) from None
+            )
+            raise error from None
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             self._pending.pop(request.request_id, None)
+            if span is not None:
+                _tracing.end_span(span, error)
 
     def results(self, **options: Any) -> ResultsReader:
         """A ResultsReader on this client's connection and prefix."""

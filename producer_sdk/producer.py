@@ -8,6 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from producer_sdk import _tracing
 from producer_sdk._kafka import guarded, make_producer, start_or_close, warn_unclosed
 from producer_sdk._requests import (
     Deadline,
@@ -204,23 +205,32 @@ class ExplanationProducer:
         except EncodeError as exc:
             raise ValidationError(str(exc)) from exc
         producer = self._require()
+        spans = _tracing.send_spans(topic, requests, traceparent)
         futures = []
-        for request, value in zip(requests, encoded, strict=True):
-            record_headers = [
-                ("traceparent", (traceparent or new_traceparent()).encode()),
-                *headers,
-            ]
-            futures.append(
-                await guarded(
-                    self.connection,
-                    f"sending to {topic}",
-                    producer.send(
-                        topic, value=value, key=request.request_id.encode(), headers=record_headers
-                    ),
+        try:
+            for i, (request, value) in enumerate(zip(requests, encoded, strict=True)):
+                header = spans[i][1] if spans else (traceparent or new_traceparent())
+                record_headers = [("traceparent", header.encode()), *headers]
+                futures.append(
+                    await guarded(
+                        self.connection,
+                        f"sending to {topic}",
+                        producer.send(
+                            topic,
+                            value=value,
+                            key=request.request_id.encode(),
+                            headers=record_headers,
+                        ),
+                    )
                 )
-            )
-        for future in futures:
-            await guarded(self.connection, f"delivering to {topic}", future)
+            for future in futures:
+                await guarded(self.connection, f"delivering to {topic}", future)
+        except BaseException as exc:
+            for span, _ in spans:
+                _tracing.end_span(span, exc)
+            raise
+        for span, _ in spans:
+            _tracing.end_span(span)
 
     async def flush(self) -> None:
         """Wait until everything sent so far is acknowledged."""

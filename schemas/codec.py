@@ -96,6 +96,7 @@ EMBEDDED_IDS: dict[tuple[str, int], int] = {
     (RESULT_SUBJECT, 1): 2,
     (RESULT_SUBJECT, 2): 3,  # adds compute_ms
     (RESULT_SUBJECT, 3): 4,  # adds grounding
+    (RESULT_SUBJECT, 4): 5,  # adds service_version
 }
 
 

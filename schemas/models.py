@@ -31,8 +31,26 @@ def utcnow() -> datetime:
 
 
 def float32(value: float) -> float:
-    """``value`` rounded to IEEE single precision, as Avro ``float`` carries it."""
-    return float(struct.unpack("<f", struct.pack("<f", value))[0])
+    """``value`` as Avro ``float`` carries it: the shortest decimal with its 32-bit pattern.
+
+    Avro ``float`` is IEEE single precision, so 0.9 travels as 0.89999997615814208984375;
+    widening that to a Python float would print ``0.8999999761581421``. The shortest
+    decimal that packs to the same 32 bits (``0.9``) is the same wire value and what a
+    reader expects to see.
+    """
+    bits = struct.pack("<f", value)
+    single = float(struct.unpack("<f", bits)[0])
+    if not math.isfinite(single):
+        return single
+    # Nine significant digits always suffice to round-trip an IEEE single.
+    for digits in range(1, 10):
+        candidate = float(f"{single:.{digits}g}")
+        try:
+            if struct.pack("<f", candidate) == bits:
+                return candidate
+        except OverflowError:  # rounded up past the largest single (near 3.4e38)
+            continue
+    return single
 
 
 def _ms(value: datetime | None) -> datetime | None:
@@ -190,6 +208,7 @@ class ExplanationResult(BaseModel):
     attempts: int = 1
     compute_ms: float | None = None  # v2
     grounding: Grounding | None = None  # v3
+    service_version: str | None = None  # v4
 
     @field_validator("completed_at")
     @classmethod

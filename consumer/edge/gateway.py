@@ -28,7 +28,7 @@ import pydantic
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from producer_sdk._requests import TIERS, topic_prefix_from_env
+from producer_sdk._requests import TIERS, topic_prefix_from_env, validate_traceparent
 from producer_sdk.client import ExplanationClient
 from producer_sdk.connection import KafkaConnection
 from schemas.codec import Codec
@@ -205,6 +205,18 @@ class _Bridge:
         await self.reset()
 
 
+def caller_trace(http: web.Request) -> str | None:
+    """The caller's W3C ``traceparent``, so its trace continues through Kafka; an invalid
+    one is ignored (W3C: the receiver then starts a trace of its own)."""
+    value = http.headers.get("traceparent")
+    if value is None:
+        return None
+    try:
+        return validate_traceparent(value.strip().lower())
+    except ValidationError:
+        return None
+
+
 def create_app(
     factory: Callable[[], ExplanationClient],
     *,
@@ -215,7 +227,9 @@ def create_app(
     bridge = _Bridge(factory)
     app = web.Application(client_max_size=1024 * 1024)
 
-    async def explain_one(request: GatewayRequest, context: AnalysisContext) -> ExplanationResult:
+    async def explain_one(
+        request: GatewayRequest, context: AnalysisContext, traceparent: str | None = None
+    ) -> ExplanationResult:
         client = await bridge.client()
         try:
             return await client.explain(
@@ -226,6 +240,7 @@ def create_app(
                 temperature=request.temperature,
                 prompt_profile=request.prompt_profile,
                 source="explainstream-gateway",
+                traceparent=traceparent,
             )
         except KafkaUnavailable:
             await bridge.reset()
@@ -243,7 +258,7 @@ def create_app(
         body = await read_json(http)
         try:
             request, context = parse_item(body, ("body",))
-            result = await explain_one(request, context)
+            result = await explain_one(request, context, caller_trace(http))
         except _Invalid as exc:
             return web.json_response({"detail": exc.detail}, status=422)
         except Exception as exc:
@@ -279,7 +294,7 @@ def create_app(
         except KafkaUnavailable as exc:
             return _error_response(exc)
         outcomes = await asyncio.gather(
-            *(explain_one(r, c) for r, c in parsed), return_exceptions=True
+            *(explain_one(r, c, caller_trace(http)) for r, c in parsed), return_exceptions=True
         )
         results: list[dict[str, Any]] = []
         for index, outcome in enumerate(outcomes):

@@ -20,6 +20,7 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "ModelInfo",
+    "token_timing",
     "warmup_requests",
 ]
 
@@ -82,6 +83,27 @@ class GenerationResult:
     confidence_score: float | None = None
     processing_time_ms: float = 0.0
     compute_ms: float = 0.0
+    # Engine step clock: from generate() to the step that sampled the first token, and the
+    # mean gap between the later tokens (None when not measured or fewer than two tokens).
+    first_token_s: float | None = None
+    time_per_output_token_s: float | None = None
+
+
+def token_timing(
+    arrived: float, first: float | None, last: float | None, n_tokens: int
+) -> tuple[float | None, float | None]:
+    """(time to first token, time per output token) from step-clock instants.
+
+    ``arrived`` is when the request entered the engine, ``first``/``last`` when its first
+    and last tokens were sampled (None: none was). Time per output token is the mean gap
+    after the first token, as vLLM and OpenTelemetry's gen_ai metrics define it.
+    """
+    if first is None:
+        return None, None
+    ttft = max(0.0, first - arrived)
+    if last is None or n_tokens < 2:
+        return ttft, None
+    return ttft, max(0.0, last - first) / (n_tokens - 1)
 
 
 def warmup_requests(profiles: list[str]) -> list[GenerationRequest]:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from consumer.config import Settings
-from consumer.engines.base import GenerationRequest, GenerationResult, ModelInfo
+from consumer.engines.base import GenerationRequest, GenerationResult, ModelInfo, token_timing
 from consumer.engines.prompts import list_profiles
 from schemas.errors import DeadlineExceeded, EngineError
 
@@ -84,19 +84,28 @@ class FakeEngine:
         text = f"{ctx.get('analysis_type', 'analysis')} for {symbol}: {parts or 'no metrics'}."
         words = text.split()
         n_tokens = request.max_tokens if request.ignore_eos else min(len(words), request.max_tokens)
-        delay = self.latency_s + (n_tokens / self.tokens_per_s if self.tokens_per_s else 0.0)
+        per_token = 1.0 / self.tokens_per_s if self.tokens_per_s else 0.0
+        delay = self.latency_s + n_tokens * per_token
         self._in_flight += 1
         try:
             remaining = request.remaining_s()
             if remaining is not None and remaining < delay:
                 await asyncio.sleep(max(0.0, remaining))
                 raise DeadlineExceeded("deadline passed during generation")
-            if delay:
-                await asyncio.sleep(delay)
+            # Two phases on the same clock as a real engine: "prefill" plus the first
+            # token, then the remaining tokens.
+            first_in = self.latency_s + (per_token if n_tokens else 0.0)
+            if first_in:
+                await asyncio.sleep(first_in)
+            first = time.monotonic() if n_tokens else None
+            if n_tokens > 1 and per_token:
+                await asyncio.sleep((n_tokens - 1) * per_token)
+            last = time.monotonic() if n_tokens else None
             if self._should_fail(request.request_id, attempt):
                 raise EngineError(f"injected failure (attempt {attempt})", retriable=True)
         finally:
             self._in_flight -= 1
+        ttft, tpot = token_timing(started, first, last, n_tokens)
         self._requests += 1
         self._generated += n_tokens
         elapsed_ms = (time.monotonic() - started) * 1000.0
@@ -108,6 +117,8 @@ class FakeEngine:
             confidence_score=0.9,
             processing_time_ms=elapsed_ms,
             compute_ms=elapsed_ms,  # the simulated work is all this request's
+            first_token_s=ttft,
+            time_per_output_token_s=tpot,
         )
 
     async def warmup(self) -> None:

@@ -61,6 +61,20 @@ class Work:
     attempts: int = 0
     last_error: str = ""
     term: int | None = None  # the partition's ownership token when it was taken
+    traceparent: str | None = None  # the request record's W3C trace context header
+    trace: Any = None  # this request's spans while tracing is on (consumer.ops.traces)
+
+
+def header_text(headers: Any, name: str) -> str | None:
+    """The last ``name`` header of a record as text (None when absent or not UTF-8)."""
+    found = None
+    for key, value in headers or ():
+        if key == name and value is not None:
+            try:
+                found = bytes(value).decode()
+            except UnicodeDecodeError:
+                found = None
+    return found
 
 
 def decode_backoff_s(retries: int) -> float:
@@ -206,6 +220,7 @@ class Intake:
                     key=record.key,
                     value=record.value,
                     term=term,
+                    traceparent=header_text(record.headers, "traceparent"),
                 )
                 self._scheduler.push(work, tier_index, now, source=tp)
         self._wake.set()

@@ -28,6 +28,7 @@ from consumer.ops.compute_metrics import ComputeMetrics
 from consumer.ops.gpu import GpuProbe
 from consumer.ops.grounding_metrics import GroundingMetrics
 from consumer.ops.lagseconds import LagSecondsEstimator
+from consumer.ops.serving_metrics import ServingMetrics
 
 if TYPE_CHECKING:
     from consumer.kafka.lag import LagReport
@@ -47,7 +48,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class Metrics(ComputeMetrics, GroundingMetrics):
+class Metrics(ComputeMetrics, GroundingMetrics, ServingMetrics):
     """All consumer metrics in one registry (a fresh one unless ``registry`` is given)."""
 
     def __init__(
@@ -225,6 +226,8 @@ class Metrics(ComputeMetrics, GroundingMetrics):
         self.set_circuit_state("closed")
         self.gpu_available.set(0)
         self._grounding()
+        self._serving()
+        self._build_info()
 
     # -- requests -------------------------------------------------------------------------
 

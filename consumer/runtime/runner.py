@@ -32,6 +32,7 @@ from consumer.engines.base import Engine, GenerationRequest, GenerationResult, M
 from consumer.kafka.deadletters import DeadLetters, dlq_headers
 from consumer.kafka.intake import Work
 from consumer.kafka.sinks import Alternative, Headers, PublishError, Record, ResultSink
+from consumer.ops.traces import Traces
 from consumer.runtime.grounded import GroundedAnswer, ground, number_grammar
 from schemas.codec import Codec
 from schemas.errors import DeadlineExceeded, EncodeError, RequestRejected
@@ -43,6 +44,7 @@ from schemas.models import (
     SourceOffset,
     utcnow,
 )
+from schemas.version import __version__
 
 __all__ = ["RequestRunner"]
 
@@ -81,6 +83,8 @@ class RequestRunner:
         wake: asyncio.Event,
         on_fallback: Callable[[str], None] = lambda to: None,
         on_grounded: Callable[[Work, GroundedAnswer], None] = lambda work, answer: None,
+        on_tokens: Callable[[str, float | None, float | None], None] = lambda *timing: None,
+        traces: Traces | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -98,6 +102,8 @@ class RequestRunner:
         self._wake = wake
         self._on_fallback = on_fallback
         self._on_grounded = on_grounded
+        self._on_tokens = on_tokens
+        self.traces = traces or Traces(None, group=settings.kafka_group_id, consumer_id="")
 
     async def run(
         self, entry: Buffered[Work], priority: int, release_slot: Callable[[], None]
@@ -105,6 +111,7 @@ class RequestRunner:
         """Run ``entry``; ``release_slot`` is called once the engine is done with it."""
         work = entry.item
         started = time.monotonic()
+        self.traces.begin(work, started)
         try:
             result, backoff = await self._attempt(work, priority, started)
         except asyncio.CancelledError:
@@ -126,8 +133,14 @@ class RequestRunner:
             if self._owns(work) and not self._stopping():
                 self.scheduler.push_front(entry)
                 self._wake.set()
+            else:
+                self.traces.finish(work, None)
             return  # not ours any more: the next owner reads it again
-        await self.publish(work, result)
+        try:
+            with self.traces.span(work, "publish"):
+                await self.publish(work, result)
+        finally:
+            self.traces.finish(work, result.status.value)
 
     async def _attempt(
         self, work: Work, priority: int, started: float
@@ -162,7 +175,12 @@ class RequestRunner:
             deadline_monotonic=deadline,
             grammar=self._grammar(context),
         )
-        generated, attempt, error, retriable = await self._generate(gen, deadline, started)
+        with self.traces.span(work, "inference", **{"explainstream.attempt": work.attempts}):
+            generated, attempt, error, retriable = await self._generate(gen, deadline, started)
+            if generated is not None:
+                self.traces.generated(work, self._model_info().model_name, generated)
+        if generated is not None:
+            self._on_tokens(work.tier, generated.first_token_s, generated.time_per_output_token_s)
         outcome = decide(
             attempt,
             error=error,
@@ -284,6 +302,7 @@ class RequestRunner:
             ),
             attempts=max(1, work.attempts),
             grounding=grounding if ok else None,
+            service_version=__version__,
         )
 
     async def publish(self, work: Work, result: ExplanationResult) -> None:
@@ -314,7 +333,7 @@ class RequestRunner:
     def _dead_letter(self, work: Work, error: BaseException) -> tuple[bytes, bytes | None, Headers]:
         """(key, value, headers) of the DLQ record for a request whose answer was refused."""
         headers = dlq_headers(
-            [],
+            self.traces.headers(work),
             topic=work.tp.topic,
             partition=work.tp.partition,
             offset=work.offset,
@@ -333,6 +352,7 @@ class RequestRunner:
             self._on_fallback("results")
             failed = _failed(result, topic, exc)
             status = [("explainstream.status", failed.status.value.encode())]
+            status += self.traces.headers(work)
             return default, failed.request_id.encode(), self.codec.encode_result(failed), status
 
         def dead_letter(exc: BaseException) -> Record:
@@ -360,6 +380,7 @@ class RequestRunner:
         if not await self.sink.writable(topic):
             raise PublishError(f"topic {topic} is not writable (missing or not permitted)")
         headers = [("explainstream.status", result.status.value.encode())]
+        headers += self.traces.headers(work)
         key = result.request_id.encode()
         # Only a deferring sink learns of a refusal after this call returns.
         alternatives = self._alternatives(work, topic, result) if self.sink.defers_writes else ()

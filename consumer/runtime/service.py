@@ -36,6 +36,7 @@ from consumer.kafka.intake import Intake, Work
 from consumer.kafka.sinks import AtLeastOnceSink, ResultSink
 from consumer.kafka.topics import settings_connection
 from consumer.ops.lagseconds import LagSecondsEstimator
+from consumer.ops.traces import Traces
 from consumer.runtime import status as status_view
 from consumer.runtime.dispatch import Dispatcher
 from consumer.runtime.grounded import GroundedAnswer
@@ -202,6 +203,8 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             wake=self._wake,
             on_fallback=self.metrics.publish_fallback if self.metrics else lambda to: None,
             on_grounded=self._grounded,
+            on_tokens=self.metrics.observe_tokens_timing if self.metrics else lambda *t: None,
+            traces=Traces.from_env(group=s.kafka_group_id, consumer_id=self.consumer_id),
         )
         self.dispatcher = Dispatcher(
             scheduler=self.scheduler,

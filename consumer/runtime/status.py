@@ -16,6 +16,7 @@ from consumer.config import TIERS
 from consumer.core.breaker import BreakerState
 from consumer.core.partitions import PartitionState
 from consumer.kafka.lag import partition_lag
+from schemas.version import __version__
 
 if TYPE_CHECKING:
     from consumer.runtime.service import ConsumerService
@@ -113,6 +114,7 @@ class ControlMixin:
         busy = sum(in_flight.values())
         paused = self.intake.paused if self.intake else set()
         return {
+            "version": __version__,
             "consumer_id": self.consumer_id,
             "engine": self.engine.name,
             "delivery": self.settings.delivery.value,

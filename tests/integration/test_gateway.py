@@ -166,3 +166,33 @@ async def test_kafka_down_means_503() -> None:
             assert resp.headers["Retry-After"] == "5"
         async with http.get("/health") as resp:
             assert (await resp.json())["kafka"] is False
+
+
+@pytest.mark.kafka
+async def test_the_callers_traceparent_continues_through_kafka(
+    topics: Settings, make_settings: Callable[..., Settings]
+) -> None:
+    from consumer.runtime.service import ConsumerService
+    from tests.integration.test_sdk import read_all
+
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    conn = settings_connection(topics)
+    async with (
+        ConsumerService(make_settings()),
+        gateway(conn, topics.kafka_topic_prefix) as http,
+    ):
+        async with http.post("/explain", json=OLD_EXAMPLE, headers={"traceparent": caller}) as r:
+            assert r.status == 200, await r.text()
+        bad = {"traceparent": "00-zz-not-a-trace"}
+        async with http.post("/explain", json=OLD_EXAMPLE, headers=bad) as resp:
+            assert resp.status == 200  # an invalid header starts a trace of its own
+        requests = await read_all(conn, topics.request_topics()["normal"], 2)
+        results = await read_all(conn, topics.results_topic, 2)
+
+    def traceparents(records: list[Any]) -> list[str]:
+        return [next(v.decode() for k, v in r.headers if k == "traceparent") for r in records]
+
+    # Tracing off: the request and its result carry the caller's context unchanged.
+    sent, other = traceparents(requests)
+    assert sent == caller and other != caller and other.startswith("00-")
+    assert caller in traceparents(results)

@@ -318,3 +318,23 @@ async def test_stop_fails_pending_generations(start_engine) -> None:
             await task
     with pytest.raises(EngineError):
         await engine.generate(request(0))
+
+
+async def test_engine_reports_time_to_first_token_and_per_output_token(start_engine) -> None:
+    engine = await start_engine(max_concurrent_requests=2)
+    n = 16
+
+    async def timed(i: int) -> tuple[float, object]:
+        before = time.monotonic()
+        result = await engine.generate(request(i, max_tokens=n, ignore_eos=True))
+        return time.monotonic() - before, result
+
+    for elapsed, result in await asyncio.gather(*(timed(i) for i in range(3))):
+        assert result.completion_tokens == n
+        ttft, tpot = result.first_token_s, result.time_per_output_token_s
+        assert ttft is not None and tpot is not None
+        assert ttft > 0 and tpot > 0
+        # Arrival, first token and last token all lie inside the call (step clock).
+        assert ttft + (n - 1) * tpot <= elapsed
+    short = await engine.generate(request(9, max_tokens=1, ignore_eos=True))
+    assert short.first_token_s is not None and short.time_per_output_token_s is None

@@ -147,6 +147,9 @@ def test_dashboard_is_provisionable_and_covers_the_operations_view():
         "llama_gpu_memory_usage_bytes",
         "explainstream_dlq_records",
         "explainstream_circuit_breaker_state",
+        "explainstream_time_to_first_token_seconds_bucket",
+        "explainstream_time_per_output_token_seconds_bucket",
+        "explainstream_build_info",
     ):
         assert needle in text, needle
 

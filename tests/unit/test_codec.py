@@ -19,6 +19,7 @@ from schemas.models import (
     ModelInfoRecord,
     ResultStatus,
     SourceOffset,
+    float32,
 )
 
 
@@ -111,8 +112,39 @@ def test_result_round_trips_for_every_status(status: ResultStatus) -> None:
     codec = Codec()
     result = make_result(status, confidence_score=None if status is not ResultStatus.OK else 0.5)
     data = codec.encode_result(result)
-    assert struct.unpack(">I", data[1:5])[0] == 4  # ExplanationResult v3 (grounding)
+    assert struct.unpack(">I", data[1:5])[0] == 5  # ExplanationResult v4 (service_version)
     assert codec.decode_result(data) == result
+
+
+def test_float_fields_decode_to_the_shortest_decimal_of_their_32_bits() -> None:
+    import io
+
+    import fastavro
+
+    from producer_sdk.cli import result_json
+
+    codec = Codec()
+    # Written by plain fastavro, as any other producer would: 0.9 travels as a 32-bit float.
+    record = make_result().model_dump()
+    record["status"] = "OK"
+    record["confidence_score"] = 0.9
+    body = io.BytesIO()
+    schema = fastavro.parse_schema(load_schema("ExplanationResult"))
+    fastavro.schemaless_writer(body, schema, record)
+    data = struct.pack(">bI", 0, codec.writer_id("ExplanationResult")) + body.getvalue()
+    decoded = codec.decode_result(data)
+    assert decoded.confidence_score == 0.9
+    assert '"confidence_score":0.9,' in result_json(decoded)
+    request = codec.decode_request(codec.encode_request(make_request(temperature=0.1)))
+    assert repr(request.temperature) == "0.1"
+
+
+@pytest.mark.parametrize("bits", [0x3F666666, 0x3DCCCCCD, 0x00000001, 0x7F7FFFFF, 0xBF800000])
+def test_float32_keeps_the_wire_bits(bits: int) -> None:
+    single = struct.unpack("<f", struct.pack("<I", bits))[0]
+    shortest = float32(single)
+    assert struct.pack("<f", shortest) == struct.pack("<I", bits)
+    assert len(repr(shortest)) <= len(repr(single))
 
 
 def test_other_avro_tools_read_our_bytes() -> None:

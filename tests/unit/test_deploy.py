@@ -81,7 +81,9 @@ def test_dockerfile_builds_llama_with_cmake_args_and_runs_on_python_slim():
     text = DOCKERFILE.read_text()
     assert re.search(r"^ARG CMAKE_ARGS=", text, re.M)
     assert re.search(r"^ARG RUNTIME_IMAGE=python:3\.11-slim$", text, re.M)
-    assert "explainstream[consumer]" in text
+    # The otel extra ships too: traces need only OTEL_EXPORTER_OTLP_ENDPOINT, and nothing of
+    # OpenTelemetry is imported without it.
+    assert "explainstream[consumer,otel]" in text
 
 
 def test_compose_runs_explainstream_services_as_non_root():

@@ -143,8 +143,8 @@ def test_result_v3_adds_grounding_with_full_compatibility() -> None:
     from tests.unit.test_llama_accounting import _record, _roundtrip
 
     v2, v3 = load_schema(RESULT_SUBJECT, 2), load_schema(RESULT_SUBJECT, 3)
-    assert load_schema(RESULT_SUBJECT) == v3
     assert check_full_compatibility(v2, v3) == []
+    assert check_full_compatibility(v3, load_schema(RESULT_SUBJECT)) == []
     verdict = {
         "grounded": False,
         "failed_checks": ["number: 2.2%"],

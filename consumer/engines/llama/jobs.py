@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,9 @@ class Job:
     stops: tuple[bytes, ...] = ()
     trace: list[float] | None = None
     compute_s: float = 0.0  # this request's share of the steps it was in
+    arrived: float = field(default_factory=time.monotonic)  # when generate() took it
+    first_token_at: float | None = None  # monotonic step clock of the first sampled token
+    last_token_at: float | None = None
 
     def dead(self) -> bool:
         """The caller gave up (cancelled) or the future is already resolved."""

@@ -269,6 +269,9 @@ class BatchLoop:
                 self.t.release(slot, keep=True)
                 continue
             job.generated.append(t)
+            if job.first_token_at is None:
+                job.first_token_at = now
+            job.last_token_at = now
             if lps is not None:
                 lp = float(lps[i])
                 job.logprob_sum += lp

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from consumer.engines.base import GenerationResult
+from consumer.engines.base import GenerationResult, token_timing
 from consumer.engines.llama import plan
 from consumer.engines.llama.counters import Counters
 from consumer.engines.llama.jobs import Job, Slot
@@ -227,6 +227,9 @@ class SlotTable:
         free_sampler(job.sampler)
         job.sampler = None
         n = job.n_logprob
+        ttft, tpot = token_timing(
+            job.arrived, job.first_token_at, job.last_token_at, len(job.generated)
+        )
         result = GenerationResult(
             text=job.text.decode("utf-8", "ignore").strip(),
             prompt_tokens=len(job.prompt or ()),
@@ -235,6 +238,8 @@ class SlotTable:
             confidence_score=math.exp(job.logprob_sum / n) if n else None,
             processing_time_ms=(now - job.started) * 1000.0,
             compute_ms=job.compute_s * 1000.0,
+            first_token_s=ttft,
+            time_per_output_token_s=tpot,
         )
         self._c.completed += 1
         self._c.compute_s += job.compute_s
