@@ -53,3 +53,14 @@ def test_no_flat_bench_module_is_left_in_dev() -> None:
     flat = sorted(p.name for p in dev.glob("bench*.py"))
     assert flat == []
     assert (dev / "bench" / "__init__.py").is_file()
+
+
+def test_the_developers_map_names_every_dev_module() -> None:
+    dev = Path(consumer.dev.__file__).parent
+    page = (dev.parents[1] / "docs" / "manual" / "development.md").read_text()
+    for path in sorted(dev.glob("*.py")) + sorted(dev.glob("*.sh")):
+        if path.name != "__init__.py":
+            assert f"`consumer/dev/{path.name}`" in page or f"`{path.name}`" in page, path.name
+    for path in sorted((dev / "bench").glob("*.py")):
+        if path.name != "__init__.py":
+            assert f"`consumer/dev/bench/{path.name}`" in page, path.name
