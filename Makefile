@@ -112,7 +112,7 @@ chart-schema: $(VENV)/.installed
 docs: $(VENV)/.installed
 	$(BIN)/mkdocs build --strict
 docs-serve: $(VENV)/.installed
-	$(BIN)/mkdocs serve
+	$(BIN)/mkdocs serve -a 127.0.0.1:8001
 # The generated reference pages: configuration from Settings, metrics from Metrics.
 docs-reference: $(VENV)/.installed
 	$(BIN)/python -m consumer.dev.docref

@@ -8,6 +8,7 @@ passing with a warning nobody reads.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,15 @@ def test_a_tiny_site_without_breakage_builds(tmp_path: Path) -> None:
     config = _tiny_site(tmp_path, "[fine](other.md#a-real-heading)", nav=["index.md", "other.md"])
     result = _mkdocs_build(config, tmp_path / "out")
     assert result.returncode == 0, result.stderr
+
+
+def test_the_readmes_links_into_the_site_resolve() -> None:
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [link for link in links if "://" not in link]
+    assert any(link.startswith("docs/manual/") for link in local)
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert missing == [], f"README links to files that do not exist: {missing}"
+    nav_pages = set(re.findall(r"([\w/-]+\.md)", CONFIG.read_text()))
+    pages = {link.removeprefix("docs/") for link in local if link.endswith(".md")}
+    assert pages <= nav_pages, f"README links to pages outside the site's nav: {pages - nav_pages}"
