@@ -27,6 +27,7 @@ def _mkdocs_build(config: Path, out: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=config.parent,  # mkdocs.yml's paths (the griffe extension) are relative to it
         env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"},
     )
 
