@@ -112,3 +112,20 @@ def test_the_readmes_links_into_the_site_resolve() -> None:
     nav_pages = set(re.findall(r"([\w/-]+\.md)", CONFIG.read_text()))
     pages = {link.removeprefix("docs/") for link in local if link.endswith(".md")}
     assert pages <= nav_pages, f"README links to pages outside the site's nav: {pages - nav_pages}"
+
+
+def _table(text: str, header: str) -> list[str]:
+    lines = text.splitlines()
+    start = lines.index(header)
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[start:end]
+
+
+def test_the_readmes_headline_table_is_the_benchmarks_page_table() -> None:
+    header = "| benchmark | goal | measured (ratio, same run) | verdict |"
+    readme = _table((ROOT / "README.md").read_text(), header)
+    manual = _table((ROOT / "docs" / "manual" / "benchmarks.md").read_text(), header)
+    assert len(readme) > 2
+    assert readme == manual, "copy the headline table from docs/manual/benchmarks.md"
