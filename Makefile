@@ -24,7 +24,7 @@ GO_MODULES := github.com/kedacore/keda/v2@v2.21.0 \
 
 .PHONY: install llama-wheel prometheus kafka-jars registry-jars validators setup lint test \
 	test-fast ci bench demo validate chart-schema clean gpu-assets reliability reliability-report \
-	nemesis
+	nemesis docs docs-serve docs-reference
 
 # -- the two commands ----------------------------------------------------------------------
 
@@ -108,6 +108,15 @@ validate: $(VENV)/.installed validators
 chart-schema: $(VENV)/.installed
 	$(BIN)/python -m tests.deploy.chart_schema
 
+# The documentation site (mkdocs.yml, docs/): strict, so a broken link or anchor fails.
+docs: $(VENV)/.installed
+	$(BIN)/mkdocs build --strict
+docs-serve: $(VENV)/.installed
+	$(BIN)/mkdocs serve -a 127.0.0.1:8001
+# The generated reference pages: configuration from Settings, metrics from Metrics.
+docs-reference: $(VENV)/.installed
+	$(BIN)/python -m consumer.dev.docref
+
 test-fast: $(VENV)/.installed kafka-jars
 	$(BIN)/pytest -q -m "not llama and not prometheus and not deploy and not registry"
 
@@ -132,7 +141,7 @@ bench: $(VENV)/.installed
 	$(BIN)/explainstream bench report --dir docs/benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info site
 
 # What consumer/dev/gpu_bench.sh needs on a GPU machine without network access, in .gpu/:
 # the pinned sdist without vocab files/docs/git objects, wheels for Python 3.12, vocab.gguf.
@@ -154,7 +163,7 @@ gpu-assets: $(VENV)/.installed
 	$(BIN)/explainstream bench make-model --shape vocab-only --out .gpu/vocab.gguf
 	@du -sh .gpu
 
-# The fault-injection suite alone, and the README's Guarantees table regenerated from a run.
+# The fault-injection suite alone, and the Guarantees table (README, site) regenerated from a run.
 reliability: setup
 	$(BIN)/python -m pytest -q -m reliability tests/reliability --durations=10
 # The seeded random nemesis alone (tests/reliability/nemesis.py): MINUTES per delivery mode;
@@ -169,4 +178,5 @@ nemesis: setup
 reliability-report: setup
 	RELIABILITY_SUMMARY=docs/reliability/summary.json $(BIN)/python -m pytest -q -m reliability \
 		tests/reliability
-	$(BIN)/python -m tests.reliability.summary docs/reliability/summary.json --readme README.md
+	$(BIN)/python -m tests.reliability.summary docs/reliability/summary.json --readme README.md \
+		docs/manual/guarantees.md

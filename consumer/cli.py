@@ -28,7 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "consumer.dev.devbroker_cli",
     "consumer.dev.demo",
     "consumer.edge.gateway",
-    "consumer.dev.bench",
+    "consumer.dev.bench.cli",
     "consumer.dev.finetune",
 )
 

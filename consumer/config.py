@@ -79,96 +79,175 @@ class Settings(BaseSettings):
     :meth:`from_env`); explicit keyword arguments win over the environment.
     """
 
-    model_config = SettingsConfigDict(frozen=True, extra="forbid", case_sensitive=False)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", case_sensitive=False, use_attribute_docstrings=True
+    )
+
+    # Each field's docstring is its description in the configuration reference
+    # (docs/manual/configuration.md) and in the chart's values.schema.json.
 
     # Kafka
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    """Brokers, comma-separated."""
     kafka_topic_prefix: str = Field("explain", pattern=r"^[A-Za-z0-9._-]+$")
+    """Topics are `<prefix>.requests.<tier>`, `<prefix>.results`, `<prefix>.dlq`."""
     kafka_group_id: str = "explainstream"
+    """Consumer group (KEDA watches it)."""
     kafka_group_instance_id: str | None = None
+    """Static membership (optional)."""
     kafka_security_protocol: str = Field(
         "PLAINTEXT", pattern=r"^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
     )
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
     kafka_sasl_mechanism: str | None = Field(
         None, pattern=r"^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512|OAUTHBEARER)$"
     )
+    """SASL mechanism: PLAIN, SCRAM-SHA-256/512 (required with SASL_*)."""
     kafka_sasl_username: str | None = None
+    """SASL user (PLAIN, SCRAM)."""
     kafka_sasl_password: str | None = None
+    """SASL password (PLAIN, SCRAM)."""
     kafka_ssl_cafile: str | None = None
+    """CA bundle for SSL."""
     kafka_partitions: int = Field(3, ge=1)
+    """Partitions per topic, used by `topics create`."""
     kafka_replication_factor: int = Field(1, ge=1)
+    """Replication factor, used by `topics create`."""
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
+    """Poll liveness: the longest gap between polls before the group evicts the member."""
     kafka_session_timeout_ms: int = Field(45_000, ge=1000)
-    # How long the broker may hold a fetch with nothing new. A paused tier resumes only when
-    # the fetch in flight returns, so this bounds the refill stall of a drained buffer.
+    """How soon a dead consumer's partitions move (heartbeats run every min(3 s,
+    timeout/3)); also how long an assigned partition waits for its committed offset to be
+    readable before it is held (`/health` fails after twice that)."""
+    # A paused tier resumes only when the fetch in flight returns.
     kafka_fetch_max_wait_ms: int = Field(100, ge=1, le=10_000)
+    """Longest a fetch waits on the broker; bounds the refill stall after a full tier
+    buffer drains."""
     delivery: Delivery = Delivery.AT_LEAST_ONCE
+    """`at-least-once` (commit after publish) or `exactly-once` (results and offsets in one
+    transaction); see Guarantees."""
 
     # Engine and model
     engine: EngineKind = EngineKind.LLAMA
+    """`llama`, `sequential` or `fake`."""
     model_path: str | None = None
-    n_ctx: int = Field(0, ge=0)  # 0: slots x per-sequence budget
+    """Any GGUF file; unset: the bundled SmolLM2-135M-Instruct Q4_1."""
+    n_ctx: int = Field(0, ge=0)
+    """Context size in tokens; 0 = slots x SEQ_BUDGET_TOKENS."""
     n_gpu_layers: int = Field(0, ge=-1)
+    """Layers offloaded to the GPU (-1 = all)."""
     n_batch: int = Field(512, ge=8)
-    n_threads: int = Field(0, ge=0)  # 0: all cores
+    """Tokens per llama_decode."""
+    n_threads: int = Field(0, ge=0)
+    """0 = the usable cores (affinity mask, cgroup CPU quota), for single-token steps and
+    batches alike."""
     kv_cache_type: str = Field("f16", pattern=r"^(f32|f16|q8_0|q4_0|q4_1|q5_0|q5_1)$")
+    """KV cache type: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1."""
     seq_budget_tokens: int = Field(1024, ge=64)
-    # Flash attention: auto = off on a CPU-only model with an f16/f32 KV cache (llama.cpp's
-    # CPU flash-attention path measured 31 % slower there), llama.cpp's own choice otherwise.
+    """KV budget per sequence (prompt + output)."""
+    # auto: llama.cpp's CPU flash-attention path measured 31 % slower with an f16/f32 cache.
     flash_attn: str = Field("auto", pattern=r"^(auto|on|off)$")
-    # Prompt chunks are cut so one decode step takes about this long (0: only N_BATCH cuts):
-    # a request arriving mid-step, an urgent one above all, waits for the step to end.
+    """`auto`: off on a CPU-only model (`N_GPU_LAYERS=0`) with an f16/f32 KV cache,
+    llama.cpp's own choice otherwise; `on`, `off` (off needs KV_CACHE_TYPE f16/f32)."""
+    # A request arriving mid-step, an urgent one above all, waits for the step to end.
     max_step_ms: float = Field(250.0, ge=0)
+    """While an urgent request arrived in the last 60 s, prompt chunks are cut so one decode
+    step takes about this long (0 = only N_BATCH cuts); see Preemption."""
     # Each OK explanation is checked against its context (see consumer/runtime/grounded.py).
     grounding: GroundingPolicy = GroundingPolicy.REPAIR
-    warmup_on_start: bool = True  # one tiny generation per profile before joining the group
+    """`repair`: check every OK answer, regenerate a failing one once, else publish the
+    template; `flag`: check and label only; `off`: no checks, no grammar (see Grounding)."""
+    warmup_on_start: bool = True
+    """One tiny generation per prompt profile before joining the group."""
     fake_latency_ms: float = Field(0.0, ge=0)
+    """Fake engine only: latency per request."""
     fake_failure_rate: float = Field(0.0, ge=0, le=1)
+    """Fake engine only: share of calls that fail."""
     fake_tokens_per_s: float = Field(0.0, ge=0)
+    """Fake engine only: generation speed (0 = instant)."""
 
     # Scheduling and reliability
     max_concurrent_requests: int = Field(8, ge=1, le=256)
+    """Engine slots (sequences in the batch)."""
     max_queue_size: int = Field(256, ge=4)
-    request_timeout: float = Field(60.0, gt=0)  # seconds, per attempt
+    """Buffered requests in total (split over the tiers)."""
+    request_timeout: float = Field(60.0, gt=0)
+    """Seconds per inference attempt."""
     max_tokens_limit: int = Field(1024, ge=1)
+    """A larger `max_tokens` is REJECTED."""
     aging_s: float = Field(30.0, gt=0)
+    """Promotion step against starvation: one tier up per AGING_S seconds waited."""
     retry_attempts: int = Field(3, ge=1)
+    """Engine attempts per request before FAILED."""
     retry_backoff_ms: float = Field(200.0, ge=0)
+    """First retry's backoff (exponential)."""
     breaker_window: int = Field(20, ge=1)
+    """Circuit breaker: engine calls it looks back over."""
     breaker_failure_rate: float = Field(0.5, gt=0, le=1)
+    """Circuit breaker: failure rate that opens it."""
     breaker_min_calls: int = Field(5, ge=1)
+    """Circuit breaker: calls in the window before it may open."""
     breaker_open_s: float = Field(30.0, gt=0)
+    """Circuit breaker: seconds open before probes go through (half-open)."""
     breaker_probes: int = Field(2, ge=1)
-    breaker_half_open_timeout_s: float = Field(60.0, gt=0)  # a probe never answered frees
+    """Circuit breaker: requests let through half-open."""
+    breaker_half_open_timeout_s: float = Field(60.0, gt=0)
+    """Half-open without a verdict for this long opens again (a probe never answered frees
+    its token)."""
     drain_timeout_s: float = Field(30.0, gt=0)
+    """SIGTERM / revoke drain bound."""
     commit_interval_ms: int = Field(500, ge=10)
-    # After this a result that cannot be written is answered FAILED on the default topic.
+    """Offset commit (or transaction) cadence."""
     publish_timeout_s: float = Field(30.0, gt=0)
-    # Comma-separated topics a request's reply_to may name; unset: this deployment's results.
+    """A result not written by then is answered FAILED on the default results topic (DLQ if
+    that fails too)."""
     reply_to_allowed: str | None = None
-    # Completed-but-uncommitted offsets one partition may hold before it is paused.
+    """Comma list of topics `reply_to` may name (`name*` = prefix); unset: `<prefix>.results`
+    and any other `<prefix>.*` topic; the request topics and the DLQ are never allowed;
+    others are REJECTED."""
     max_uncommitted_per_partition: int = Field(1000, ge=1)
-    max_context_bytes: int = Field(16_384, ge=256)  # encoded context fields, per request
+    """Records a partition may have taken but not committed (buffered, running, publishing,
+    or done behind a slower one) before it is paused."""
+    max_context_bytes: int = Field(16_384, ge=256)
+    """Larger contexts (compact JSON of the encoded fields) are REJECTED."""
 
     # Prompt profiles, accounting, schema registry
     prompt_profiles_path: str | None = None
+    """YAML file of operator prompt profiles (see Prompt profiles)."""
     cost_per_gpu_hour: float | None = Field(None, ge=0)
-    model_dir: str | None = None  # /admin/reload accepts model files under it only
+    """Price of an hour of compute; `/status` then reports the cost per request."""
+    model_dir: str | None = None
+    """`/admin/reload` accepts only `.gguf` files inside this directory (symlinks and `..`
+    resolved first); unset: reload takes no `model_path`."""
     schema_registry_url: str | None = None
+    """Schema registry base URL, e.g. `http://schema-registry:8081`; unset: the embedded
+    registry."""
     schema_registry_username: str | None = None
+    """Schema registry HTTP basic auth user."""
     schema_registry_password: str | None = None
+    """Schema registry HTTP basic auth password."""
     schema_registry_token: str | None = None
+    """Schema registry bearer token (instead of basic auth)."""
     schema_registry_cafile: str | None = None
+    """CA bundle for an https schema registry."""
 
     # HTTP and metrics
     http_port: int = Field(8000, ge=0, le=65535)
+    """Health, status, admin (0 = ephemeral, logged)."""
     http_host: str = "0.0.0.0"
+    """Address the HTTP server binds."""
     prometheus_enabled: bool = True
+    """Serve `/metrics` on METRICS_PORT."""
     metrics_port: int = Field(9090, ge=0, le=65535)
+    """Port of `/metrics` (0 = ephemeral, logged)."""
     admin_token: str | None = None
+    """Enables `/admin/*` (Bearer)."""
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    """Logging level."""
     debug: bool = False
+    """Debug logging."""
     consumer_id: str | None = None
+    """Written into every result; unset: host-pid."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -2,7 +2,8 @@
 
 Every method is cheap and synchronous; call it from the asyncio loop that owns the state.
 The old HTTP service's names are kept verbatim (``llama_*``); new series are
-``explainstream_*``. The full table is in the README.
+``explainstream_*``. The reference page docs/manual/metrics.md is generated from this object
+(``make docs-reference``).
 """
 
 from __future__ import annotations
@@ -85,7 +86,10 @@ class Metrics(ComputeMetrics, GroundingMetrics, ServingMetrics):
             registry=reg,
         )
         self.gpu_memory_used = Gauge(
-            "llama_gpu_memory_usage_bytes", "GPU memory in use (NVML)", ["gpu"], registry=reg
+            "llama_gpu_memory_usage_bytes",
+            "GPU memory in use (NVML; absent without a GPU)",
+            ["gpu"],
+            registry=reg,
         )
         self.tokens_per_second = Gauge(
             "llama_tokens_per_second", "Recent generation throughput of the engine", registry=reg
@@ -123,7 +127,7 @@ class Metrics(ComputeMetrics, GroundingMetrics, ServingMetrics):
         )
         self.batch_size = Histogram(
             "explainstream_batch_size",
-            "Sequences decoded together in one engine step",
+            "Sequences in the engine when a request is admitted",
             buckets=_BATCH_BUCKETS,
             registry=reg,
         )
@@ -136,7 +140,8 @@ class Metrics(ComputeMetrics, GroundingMetrics, ServingMetrics):
         self.publish_fallbacks = Counter(
             "explainstream_publish_fallbacks",
             "Results whose destination refused them, by what was written instead "
-            "(results: FAILED on the default results topic; dlq: the request)",
+            "(results: FAILED on the default results topic; dlq: the request dead-lettered); "
+            "under exactly-once counted when the transaction finds the refusal",
             ["to"],
             registry=reg,
         )
@@ -168,7 +173,7 @@ class Metrics(ComputeMetrics, GroundingMetrics, ServingMetrics):
         )
         self.commit_latency = Histogram(
             "explainstream_commit_latency_seconds",
-            "Offset commit round trip",
+            "Offset commit (or transaction) round trip",
             buckets=_COMMIT_BUCKETS,
             registry=reg,
         )
@@ -180,7 +185,7 @@ class Metrics(ComputeMetrics, GroundingMetrics, ServingMetrics):
         )
         self.lag_seconds = Gauge(
             "explainstream_consumer_lag_seconds",
-            "Estimated seconds of work in the lag: lag x recent mean service time",
+            "Estimated seconds of work in the lag: lag x recent mean service time / slots",
             ["priority"],
             registry=reg,
         )
@@ -191,7 +196,11 @@ class Metrics(ComputeMetrics, GroundingMetrics, ServingMetrics):
             registry=reg,
         )
         self.ready = Gauge("explainstream_ready", "1 when /ready answers 200", registry=reg)
-        self.model_info = Info("explainstream_model", "The loaded model", registry=reg)
+        self.model_info = Info(
+            "explainstream_model",
+            "The loaded model: engine, model_name, quantization, model_sha256",
+            registry=reg,
+        )
         self.gpu_available = Gauge(
             "explainstream_gpu_available", "1 when NVML sees a GPU, else 0", registry=reg
         )

@@ -53,8 +53,8 @@ async def test_a_custom_profile_is_served_with_its_prefix_cached(start_engine, t
 async def test_profile_sampling_defaults_reach_the_sampler(start_engine, tmp_path) -> None:
     # top_k 1 makes sampling at any temperature and seed pick the step's most likely token.
     # That is all it promises: the logits themselves round differently with the batch's
-    # composition (README, "Greedy determinism"), so each hot request runs alone, in the same
-    # batch shape as the greedy one, and only the seed and temperature differ.
+    # composition (docs/manual/engines.md, "Greedy determinism"), so each hot request runs
+    # alone, in the same batch shape as the greedy one, and only the seed and temperature differ.
     path = write(tmp_path / "p.json", {"pinned": {"system": CRYPTO, "top_k": 1}})
     engine = await start_engine(prompt_profiles_path=path)
 

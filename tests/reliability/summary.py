@@ -3,8 +3,8 @@
 Each scenario adds one :class:`Row` per delivery mode. At the end of the session the rows are
 written to ``$RELIABILITY_SUMMARY`` (``make reliability-report`` points it at
 ``docs/reliability/summary.json``), else to a file in the temp directory.
-``python -m tests.reliability.summary docs/reliability/summary.json --readme README.md``
-rewrites the README's Guarantees table between its markers from that file.
+``python -m tests.reliability.summary docs/reliability/summary.json --readme README.md
+docs/manual/guarantees.md`` rewrites the Guarantees table between its markers in both.
 """
 
 from __future__ import annotations
@@ -105,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     """Print the table, or write it into the README."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("summary", type=Path)
-    parser.add_argument("--readme", type=Path)
+    parser.add_argument("--readme", type=Path, nargs="+", help="files holding the markers")
     args = parser.parse_args(argv)
     table = render(json.loads(args.summary.read_text()))
     if args.readme:
-        args.readme.write_text(replace_table(args.readme.read_text(), table))
+        for path in args.readme:
+            path.write_text(replace_table(path.read_text(), table))
     else:
         print(table)
     return 0

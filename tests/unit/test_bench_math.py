@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from consumer.dev.bench_memory import rss_flatness
-from consumer.dev.bench_report import headline
-from consumer.dev.bench_scale import gaps
-from consumer.dev.benchkit import clean, latencies_ms, latency_summary
-from consumer.dev.benchprof import category
+from consumer.dev.bench.kit import clean, latencies_ms, latency_summary
+from consumer.dev.bench.memory import rss_flatness
+from consumer.dev.bench.prof import category
+from consumer.dev.bench.report import headline
+from consumer.dev.bench.scale import gaps
 
 
 def test_gaps_count_the_edges_and_each_partition_apart():

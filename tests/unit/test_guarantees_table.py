@@ -1,9 +1,11 @@
-"""The README's Guarantees table is the reliability suite's JSON summary, rendered."""
+"""The Guarantees table (README and site) is the reliability suite's JSON summary, rendered."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from tests.reliability.summary import BEGIN, END, render, replace_table
 
@@ -11,12 +13,18 @@ ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = ROOT / "docs" / "reliability" / "summary.json"
 
 
-def test_readme_table_is_rendered_from_the_summary() -> None:
+#: The pages holding the table between the markers: the README and the site's page.
+PAGES = ("README.md", "docs/manual/guarantees.md")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_guarantees_table_is_rendered_from_the_summary(page: str) -> None:
     doc = json.loads(SUMMARY.read_text())
-    readme = (ROOT / "README.md").read_text()
-    assert replace_table(readme, render(doc)) == readme, (
-        "README Guarantees table differs from docs/reliability/summary.json: run "
-        "python -m tests.reliability.summary docs/reliability/summary.json --readme README.md"
+    text = (ROOT / page).read_text()
+    assert replace_table(text, render(doc)) == text, (
+        f"{page} Guarantees table differs from docs/reliability/summary.json: run "
+        "python -m tests.reliability.summary docs/reliability/summary.json --readme "
+        + " ".join(PAGES)
     )
 
 

@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Any
 
-from consumer.dev import benchkit as kit
+from consumer.dev.bench import kit
 
 __all__ = ["register", "rss_flatness", "run_memory_bench"]
 

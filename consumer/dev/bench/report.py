@@ -314,7 +314,7 @@ def _plots(data: dict[str, dict[str, Any]], out: Path) -> list[tuple[str, str]]:
 
 def build_report(directory: Path) -> Path:
     """Write the plots and REPORT.md in ``directory``; returns the REPORT.md path."""
-    from consumer.dev import bench_e2e, bench_memory, bench_pipeline, bench_priority, bench_scale
+    from consumer.dev.bench import e2e, memory, pipeline, priority, scale
 
     data = load(directory)
     plots = _plots(data, directory)
@@ -355,11 +355,11 @@ def build_report(directory: Path) -> Path:
     if notes.is_file():
         lines += ["## Analysis", "", notes.read_text().strip(), ""]
     summaries = {
-        "pipeline": bench_pipeline.markdown,
-        "priority": bench_priority.markdown,
-        "memory": bench_memory.markdown,
-        "scale": bench_scale.markdown,
-        "e2e": bench_e2e.markdown,
+        "pipeline": pipeline.markdown,
+        "priority": priority.markdown,
+        "memory": memory.markdown,
+        "scale": scale.markdown,
+        "e2e": e2e.markdown,
     }
     lines += ["## Results", ""]
     for name, fn in summaries.items():

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumer.dev.bench import BENCH_CONTEXTS, _Progress, percentile
-from consumer.dev.benchproc import ConsumerProcess, consumer_env
+from consumer.dev.bench.cli import BENCH_CONTEXTS, _Progress, percentile
+from consumer.dev.bench.proc import ConsumerProcess, consumer_env
 from consumer.dev.ports import free_port
 
 __all__ = [

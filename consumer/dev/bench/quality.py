@@ -21,8 +21,8 @@ from typing import Any
 
 from consumer.config import GroundingPolicy
 from consumer.core.grounding import CHECKS, check
-from consumer.dev.benchkit import common_args, emit, machine_info, ratio
-from consumer.dev.benchstats import percentile
+from consumer.dev.bench.kit import common_args, emit, machine_info, ratio
+from consumer.dev.bench.stats import percentile
 from consumer.dev.quality_contexts import QUALITY_CONTEXTS
 from consumer.engines.base import Engine, GenerationRequest
 from consumer.runtime.grounded import ground, number_grammar

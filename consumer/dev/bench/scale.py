@@ -20,7 +20,7 @@ import itertools
 import time
 from typing import Any
 
-from consumer.dev import benchkit as kit
+from consumer.dev.bench import kit
 
 __all__ = ["gaps", "register", "run_scale_bench"]
 

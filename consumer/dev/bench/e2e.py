@@ -13,8 +13,8 @@ import asyncio
 import time
 from typing import Any
 
-from consumer.dev import benchkit as kit
-from consumer.dev.bench import percentile
+from consumer.dev.bench import kit
+from consumer.dev.bench.cli import percentile
 
 __all__ = ["register", "run_e2e_bench"]
 

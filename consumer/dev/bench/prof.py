@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from consumer.dev import benchkit as kit
+from consumer.dev.bench import kit
 
 __all__ = ["Side", "category", "first_ready", "profile_side", "summarize"]
 

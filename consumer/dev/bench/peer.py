@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from consumer.dev.bench import (
+from consumer.dev.bench.cli import (
     BENCH_CONTEXTS,
     EngineRun,
     _int_list,

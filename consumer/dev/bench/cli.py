@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from consumer.dev.benchstats import (
+from consumer.dev.bench.stats import (
     BENCH_CONTEXTS,
     EngineRun,
     format_table,
@@ -297,14 +297,14 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
 
 #: Modules adding ``bench`` subcommands through ``register(sub)``, in help order.
 BENCH_MODULES: tuple[str, ...] = (
-    "consumer.dev.bench_peer",
-    "consumer.dev.bench_pipeline",
-    "consumer.dev.bench_priority",
-    "consumer.dev.bench_memory",
-    "consumer.dev.bench_scale",
-    "consumer.dev.bench_e2e",
-    "consumer.dev.bench_quality",
-    "consumer.dev.bench_report",
+    "consumer.dev.bench.peer",
+    "consumer.dev.bench.pipeline",
+    "consumer.dev.bench.priority",
+    "consumer.dev.bench.memory",
+    "consumer.dev.bench.scale",
+    "consumer.dev.bench.e2e",
+    "consumer.dev.bench.quality",
+    "consumer.dev.bench.report",
 )
 
 

@@ -22,8 +22,8 @@ import asyncio
 import time
 from typing import Any
 
-from consumer.dev import benchkit as kit
-from consumer.dev.benchprof import Side, first_ready, profile_side
+from consumer.dev.bench import kit
+from consumer.dev.bench.prof import Side, first_ready, profile_side
 
 __all__ = ["raw_loop", "register", "run_pipeline_bench"]
 

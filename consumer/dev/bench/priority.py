@@ -16,8 +16,8 @@ import argparse
 import asyncio
 from typing import Any
 
-from consumer.dev import benchkit as kit
-from consumer.dev.bench import percentile
+from consumer.dev.bench import kit
+from consumer.dev.bench.cli import percentile
 
 __all__ = ["register", "run_priority_bench"]
 
