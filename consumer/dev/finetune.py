@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import math
 import os
 import random
 import resource
@@ -51,8 +50,9 @@ class FinetuneSettings:
     out: str = "models/smollm2-135m-explainstream.gguf"
     base: str | None = None
     dataset: str | None = None
-    contexts: int = 160
-    model_answers: int = 0
+    contexts: int = 200
+    model_answers: int = 60
+    row_tokens: int = 256
     held_out: float = 0.1
     quantization: str = "Q8_0"
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -62,6 +62,8 @@ class FinetuneSettings:
             raise ValueError("--contexts must be at least 2")
         if not 0 < self.held_out < 0.5:
             raise ValueError("--held-out must be between 0 and 0.5")
+        if self.row_tokens < ROW_QUANTUM or self.row_tokens % ROW_QUANTUM:
+            raise ValueError(f"--row-tokens must be a multiple of {ROW_QUANTUM}")
         if self.quantization not in _QUANTIZATIONS:
             raise ValueError(f"--quantization must be one of {', '.join(_QUANTIZATIONS)}")
         if self.train.epochs < 1 or not self.train.learning_rate > 0:
@@ -188,18 +190,24 @@ def finetune(settings: FinetuneSettings, say: Any = print) -> dict[str, Any]:
     dataset_path = str(out) + ".dataset.jsonl"
     dump_dataset(examples, dataset_path)
     tokenizer = _tokenizer(base)
-    rows = encode_examples(tokenizer, examples)
+    encoded = encode_examples(tokenizer, examples)
+    # A row holds one example; the few longer than a row (long model answers) are left out
+    # rather than doubling every row's cost.
+    length = settings.row_tokens
+    kept = [i for i, r in enumerate(encoded) if len(r) - 1 <= length]
+    dropped = len(encoded) - len(kept)
+    rows = [encoded[i] for i in kept]
+    if len(rows) < 2:
+        raise ValueError(f"fewer than 2 examples fit in rows of {length} tokens")
     order = list(range(len(rows)))
     random.Random(s.seed).shuffle(order)
     n_held = max(1, round(len(rows) * settings.held_out))
     held = [rows[i] for i in order[:n_held]]
     train_rows = [rows[i] for i in order[n_held:]]
-    longest = max(len(r) for r in rows) - 1
-    length = ROW_QUANTUM * math.ceil(longest / ROW_QUANTUM)
     tokens = sum(len(r) for r in train_rows)
     say(
-        f"{len(examples)} examples ({len(train_rows)} to train, {n_held} held out), "
-        f"{tokens} training tokens, rows of {length}"
+        f"{len(examples)} examples ({len(train_rows)} to train, {n_held} held out, {dropped} "
+        f"longer than {length} tokens left out), {tokens} training tokens"
     )
     with tempfile.TemporaryDirectory(prefix="explainstream-finetune-", dir=out.parent) as tmp:
         f32 = os.path.join(tmp, "base-f32.gguf")
@@ -227,6 +235,7 @@ def finetune(settings: FinetuneSettings, say: Any = print) -> dict[str, Any]:
             "examples": len(examples),
             "examples_from_model": sum(e.source == "model" for e in examples),
             "held_out": n_held,
+            "left_out_long": dropped,
             "training_tokens": tokens,
             "row_length": length,
             "settings": {**asdict(settings), "train": asdict(s)},
@@ -281,6 +290,7 @@ def _cmd(args: argparse.Namespace) -> int:
             contexts=args.contexts,
             model_answers=args.model_answers,
             held_out=args.held_out,
+            row_tokens=args.row_tokens,
             quantization=args.quantization,
             train=TrainSettings(
                 epochs=args.epochs,
@@ -324,6 +334,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also ask the base model for this many answers; keep those that pass",
     )
     p.add_argument("--held-out", type=float, default=defaults.held_out)
+    p.add_argument(
+        "--row-tokens",
+        type=int,
+        default=defaults.row_tokens,
+        help="tokens per training row; longer examples are left out",
+    )
     p.add_argument("--epochs", type=int, default=defaults.train.epochs)
     p.add_argument("--learning-rate", type=float, default=defaults.train.learning_rate)
     p.add_argument("--threads", type=int, default=0, help="default: every CPU")
