@@ -24,7 +24,7 @@ GO_MODULES := github.com/kedacore/keda/v2@v2.21.0 \
 
 .PHONY: install llama-wheel prometheus kafka-jars registry-jars validators setup lint test \
 	test-fast ci bench demo validate chart-schema clean gpu-assets reliability reliability-report \
-	nemesis docs docs-serve docs-reference
+	nemesis docs docs-serve docs-reference finetuned-model bench-finetuned
 
 # -- the two commands ----------------------------------------------------------------------
 
@@ -116,6 +116,16 @@ docs-serve: $(VENV)/.installed
 # The generated reference pages: configuration from Settings, metrics from Metrics.
 docs-reference: $(VENV)/.installed
 	$(BIN)/python -m consumer.dev.docref
+
+# Fine-tuning (docs/manual/finetuning.md): the bundled model trained on explanations that pass
+# the grounding checks (about 40 minutes on 2 cores), then both models through bench quality.
+FINETUNED ?= models/smollm2-135m-explainstream.gguf
+finetuned-model: $(VENV)/.installed
+	$(BIN)/explainstream finetune --out $(FINETUNED)
+bench-finetuned: $(VENV)/.installed
+	$(BIN)/explainstream bench quality --policies off,repair --compare-model $(FINETUNED) \
+		--out docs/benchmarks/finetuned.json > docs/benchmarks/finetuned.md
+	$(BIN)/explainstream bench report --dir docs/benchmarks
 
 test-fast: $(VENV)/.installed kafka-jars
 	$(BIN)/pytest -q -m "not llama and not prometheus and not deploy and not registry"

@@ -90,9 +90,9 @@ def test_a_dataset_round_trips_and_each_bad_line_is_refused_by_number(tmp_path: 
     }
     for needle, bad in cases.items():
         path = _write(tmp_path / "bad.jsonl", [GOOD, "", bad])
-        with pytest.raises(DatasetError, match=r"^dataset line 3: .*" + needle.split(":")[0]):
+        with pytest.raises(DatasetError, match=r"^dataset line 3: ") as refused:
             load_dataset(path)
-        assert needle in str(pytest.raises(DatasetError, load_dataset, path).value)
+        assert needle in str(refused.value)
     with pytest.raises(DatasetError, match="no examples"):
         load_dataset(_write(tmp_path / "empty.jsonl", [""]))
 
