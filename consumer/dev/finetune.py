@@ -130,6 +130,7 @@ async def _model_answers(base: str, n: int, seed: int, threads: int) -> list[Exa
     from consumer.core.grounding import check
     from consumer.engines import create_engine
     from consumer.engines.base import GenerationRequest
+    from consumer.engines.profiles import prompt_instructions
 
     overrides: dict[str, Any] = {
         "engine": "llama",
@@ -150,7 +151,9 @@ async def _model_answers(base: str, n: int, seed: int, threads: int) -> list[Exa
                 f"finetune-{i}", context, profile, max_tokens=120, temperature=0.7, seed=seed + i
             )
             text = (await engine.generate(request)).text.strip()
-            if check(text, context).grounded and text.startswith(str(context.get("symbol", ""))):
+            prompt = prompt_instructions(profile)
+            grounded = check(text, context, prompt).grounded
+            if grounded and text.startswith(str(context.get("symbol", ""))):
                 kept.append(Example(profile, context, text, "model"))
 
         await asyncio.gather(*(one(i) for i in range(n)))

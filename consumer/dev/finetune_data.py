@@ -283,11 +283,17 @@ def explanations(context: Mapping[str, Any], rng: random.Random, n: int = 2) -> 
         closing = _closing(context)
         text = opener + " " + rng.choice(closing)
         text = text[0].upper() + text[1:] if not symbol else text
-        if text not in found and check(text, context).grounded:
+        if text not in found and check(text, context, _instructions()).grounded:
             found.append(text)
         if len(found) >= n:
             break
     return found
+
+
+def _instructions() -> tuple[str, ...]:
+    """Every built-in profile's instructions (an explanation may echo none of them)."""
+    profiles = builtin_profiles()
+    return tuple(t for name in profiles.names() for t in profiles.get(name).instructions())
 
 
 def training_examples(n_contexts: int, per_context: int = 1, seed: int = 0) -> list[Example]:
@@ -317,7 +323,7 @@ def _example(raw: Any, profiles: Iterable[str]) -> Example:
         raise DatasetError('the context needs "analysis_type" and "metrics"')
     if profile not in profiles:
         raise DatasetError(f"unknown prompt profile {profile!r}")
-    verdict = check(text, context)
+    verdict = check(text, context, builtin_profiles().get(profile).instructions())
     if not verdict.grounded:
         raise DatasetError(
             "the explanation fails the grounding checks: " + "; ".join(verdict.failed)

@@ -90,6 +90,10 @@ class PromptProfile:
     format: str = "facts"
     anchor: bool = True
 
+    def instructions(self) -> tuple[str, str]:
+        """The texts that tell the model what to do (the ``echo`` check's reference)."""
+        return (self.system, self.instruction)
+
     def user_prefix(self) -> str:
         """The user turn up to and including the opening data tag."""
         return self.instruction + "\n" + DATA_OPEN + "\n"
@@ -240,6 +244,12 @@ def activate(profiles: ProfileSet) -> None:
 def active_profiles() -> ProfileSet:
     """The process's current profile set."""
     return _active[0]
+
+
+def prompt_instructions(profile: str) -> tuple[str, ...]:
+    """The active profile's system prompt and instruction; empty for an unknown profile."""
+    profiles = active_profiles()
+    return profiles.get(profile).instructions() if profile in profiles else ()
 
 
 def list_profiles() -> list[str]:

@@ -30,6 +30,7 @@ from consumer.core.grounding import (
     template_explanation,
 )
 from consumer.engines.base import Engine, GenerationRequest, GenerationResult
+from consumer.engines.profiles import prompt_instructions
 from schemas.models import Grounding, GroundingSource
 
 __all__ = ["GroundedAnswer", "GroundingPolicy", "ground", "number_grammar"]
@@ -135,7 +136,8 @@ async def ground(
     """
     if policy is GroundingPolicy.OFF:
         return GroundedAnswer(first, None)
-    report = check(first.text, request.context)
+    prompt = prompt_instructions(request.prompt_profile)
+    report = check(first.text, request.context, prompt)
     if report.grounded:
         return GroundedAnswer(first, Grounding(grounded=True, attempts=1), (report,))
     if policy is GroundingPolicy.FLAG:
@@ -144,7 +146,7 @@ async def ground(
     second = await _repair(engine, request, first, timeout_s)
     reports: tuple[Report, ...] = (report,)
     if second is not None:
-        again = check(second.text, request.context)
+        again = check(second.text, request.context, prompt)
         reports = (report, again)
         if again.grounded:
             repaired = Grounding(grounded=True, failed_checks=list(report.failed), attempts=2)
@@ -154,7 +156,7 @@ async def ground(
         failed = _merged(report)
     text = template_explanation(request.context)
     # The template is grounded by construction; the verdict is still measured, not assumed.
-    verdict = check(text, request.context)
+    verdict = check(text, request.context, prompt)
     templated = Grounding(
         grounded=verdict.grounded,
         failed_checks=failed + [f for f in verdict.failed if f not in failed],

@@ -301,3 +301,29 @@ def test_the_grammar_numbers_are_the_facts_numbers(context: dict[str, Any]) -> N
     assert all(n and not n.startswith("-") for n in allowed)
     for value in context["metrics"].values():
         assert format_value(abs(value)) in allowed
+
+
+PROMPT = (
+    "You are a financial analyst. Use only the facts between <context_data> tags: name the "
+    "symbol, quote their numbers exactly as written and write no other numbers.",
+    "Explain the facts below to an investor in two or three sentences.",
+)
+
+
+def test_an_answer_that_repeats_its_instructions_fails_echo() -> None:
+    leaked = (
+        "AAPL's sentiment score is -0.72, negative. Quote their numbers exactly as written "
+        "and write no other numbers."
+    )
+    report = check(leaked, AAPL, PROMPT)
+    assert report.outcomes["echo"] == "fail"
+    assert report.failed == ("echo: quote their numbers exactly as written",)
+    # Without the prompt the checker cannot tell, and says so rather than passing it.
+    assert check(leaked, AAPL).outcomes["echo"] == "skip"
+
+
+def test_an_answer_sharing_a_few_words_with_its_instructions_passes_echo() -> None:
+    text = "AAPL's sentiment score is -0.72, negative: the facts between them say no more."
+    report = check(text, AAPL, PROMPT)
+    assert report.outcomes["echo"] == "pass", report.failed
+    assert report.grounded

@@ -182,3 +182,17 @@ async def test_grounding_metrics_count_checks_and_who_answered() -> None:
     metrics.observe_grounding("low", ok.reports, ok.grounding)
     labels = {"priority": "low", "source": "model", "grounded": "true"}
     assert value("explainstream_grounding_results_total", **labels) == 1
+
+
+async def test_an_answer_echoing_the_profiles_instructions_is_repaired() -> None:
+    from consumer.engines.profiles import prompt_instructions
+
+    system, _instruction = prompt_instructions("default")
+    words = system.split()
+    echo = "AAPL's sentiment score is -0.72, negative. " + " ".join(words[-12:])
+    engine = Scripted(GOOD)
+    answer = await ground(engine, request(), result(echo), GroundingPolicy.REPAIR)
+    g = answer.grounding
+    assert g is not None and g.grounded and g.attempts == 2
+    assert any(f.startswith("echo: ") for f in g.failed_checks), g.failed_checks
+    assert answer.result.text == GOOD

@@ -34,7 +34,9 @@ from consumer.core.grounding.values import (
 __all__ = ["ACRONYMS", "CHECKS", "Report", "check"]
 
 #: The checks, in the order a report lists them.
-CHECKS = ("number", "symbol", "ticker", "markup", "direction", "coverage", "misattribution")
+CHECKS = (
+    "number", "symbol", "ticker", "markup", "direction", "coverage", "misattribution", "echo",
+)  # fmt: skip
 
 #: All-caps words that are not tickers.
 ACRONYMS = frozenset((
@@ -47,6 +49,8 @@ ACRONYMS = frozenset((
     "AM", "PM", "OK", "NA", "NB", "LLC", "INC", "PLC", "LTD", "CO", "CORP", "AND", "THE", "FOR",
     "NOT", "BUY", "SELL", "HOLD", "NEW", "ALL",
 ))  # fmt: skip
+#: Consecutive words an answer may share with its prompt's instructions.
+ECHO_WORDS = 6
 _LIMIT = 8  # failures listed per report (a long text can fail many times over)
 _DETAIL = 60
 _MARKUP = re.compile(
@@ -304,6 +308,24 @@ class _Checker:
         leaks = [m.group() for m in _MARKUP.finditer(self.text)]
         self.verdict("markup", list(dict.fromkeys(leaks)))
 
+    def echo(self, prompt: Sequence[str]) -> None:
+        """The answer repeats the prompt's instructions (a run of :data:`ECHO_WORDS` words
+        of the system prompt or the instruction): it explains nothing, and a reader takes
+        the instructions for a claim."""
+        if not prompt:
+            self.verdict("echo", None)
+            return
+        said = words(self.text.lower())
+        runs = {tuple(said[i : i + ECHO_WORDS]) for i in range(len(said) - ECHO_WORDS + 1)}
+        for text in prompt:
+            theirs = words(text.lower())
+            for i in range(len(theirs) - ECHO_WORDS + 1):
+                run = tuple(theirs[i : i + ECHO_WORDS])
+                if run in runs:
+                    self.verdict("echo", [" ".join(run)])
+                    return
+        self.verdict("echo", [])
+
     def coverage(self) -> None:
         keys = [n.key or "" for n in self.numbers.metrics]
         if not keys:
@@ -328,13 +350,15 @@ def _named_concept(lower: str, concepts: set[str]) -> bool:
     return any(_TERM_CONCEPT.get(m.group(1)) in concepts for m in _TERMS.finditer(lower))
 
 
-def check(text: str, context: Mapping[str, Any]) -> Report:
-    """Check ``text`` against ``context`` (the AnalysisContext as a dict)."""
+def check(text: str, context: Mapping[str, Any], prompt: Sequence[str] = ()) -> Report:
+    """Check ``text`` against ``context`` (the AnalysisContext as a dict); ``prompt`` is the
+    instruction text the model was given (system prompt, instruction), for ``echo``."""
     checker = _Checker(text, context)
     checker.numbers_and_attribution()
     checker.symbol_and_tickers()
     checker.markup()
     checker.direction()
     checker.coverage()
+    checker.echo(prompt)
     outcomes = {name: checker.outcomes.get(name, "skip") for name in CHECKS}
     return Report(outcomes=outcomes, failed=tuple(checker.failed[:_LIMIT]))

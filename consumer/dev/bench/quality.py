@@ -25,6 +25,7 @@ from consumer.dev.bench.kit import common_args, emit, machine_info, ratio
 from consumer.dev.bench.stats import percentile
 from consumer.dev.quality_contexts import QUALITY_CONTEXTS
 from consumer.engines.base import Engine, GenerationRequest
+from consumer.engines.profiles import prompt_instructions
 from consumer.runtime.grounded import ground, number_grammar
 from schemas.models import GroundingSource
 
@@ -79,11 +80,12 @@ async def run_policy(
                 continue
             latencies.append(time.perf_counter() - t0)
             tokens += answer.result.completion_tokens
-            verdict = check(first.text, request.context)  # the first answer, every policy
+            prompt = prompt_instructions(request.prompt_profile)
+            verdict = check(first.text, request.context, prompt)  # the first answer, always
             first_ok += verdict.grounded
             for name in {f.split(":", 1)[0] for f in verdict.failed}:
                 first_fail[name] += 1
-            published = check(answer.result.text, request.context)
+            published = check(answer.result.text, request.context, prompt)
             grounded_published += published.grounded
             for name in {f.split(":", 1)[0] for f in published.failed}:
                 published_fail[name] += 1
