@@ -37,6 +37,7 @@ from consumer.kafka.sinks import AtLeastOnceSink, ResultSink
 from consumer.kafka.topics import settings_connection
 from consumer.ops.lagseconds import LagSecondsEstimator
 from consumer.ops.traces import Traces
+from consumer.runtime import sick
 from consumer.runtime import status as status_view
 from consumer.runtime.dispatch import Dispatcher
 from consumer.runtime.grounded import GroundedAnswer
@@ -109,6 +110,9 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         self._has_partitions = asyncio.Event()
         self._reloading = asyncio.Lock()
         self._stopping = False
+        self._stopped = asyncio.Event()
+        self._leaving: asyncio.Task[None] | None = None
+        self.sick_reason: str | None = None
         self._started_at = time.monotonic()
         self._engine_ready = False
         self.sink: ResultSink | None = None
@@ -227,6 +231,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         sup.loop("dispatch", self.dispatcher.run())
         sup.loop("commit", self._commit_loop())
         sup.loop("observe", self._observe_loop())
+        sup.loop("sick", self._sick_loop())
         log.info(
             "consumer %s started: engine=%s slots=%d delivery=%s topics=%s",
             self.consumer_id,
@@ -257,6 +262,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
     async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Stop intake, drain in-flight work within the deadline, publish, commit, leave."""
         if self._stopping:
+            await self._stopped.wait()
             return
         self._stopping = True
         self.supervisor.stopping = True
@@ -270,7 +276,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         cut = await finish_within(self.supervisor.all_tasks(), deadline)
         if cut:
             log.warning("%d requests cut at the drain deadline; the next owner redoes them", cut)
-        await self.supervisor.cancel_loops(["commit", "observe"])
+        await self.supervisor.cancel_loops(["commit", "observe", "sick"])
         # Final publish + commit must not be cut short by a second cancellation.
         await asyncio.shield(self._final_commit())
         await self._close_clients()
@@ -280,6 +286,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             await self.metrics.close()
         await self.engine.stop()
         self._engine_ready = False
+        self._stopped.set()
         log.info("consumer %s stopped", self.consumer_id)
 
     async def _final_commit(self) -> None:
@@ -302,18 +309,43 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             except Exception as exc:
                 log.warning("closing the %s failed: %r", name, exc)
 
-    async def run_until_signal(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop gracefully."""
+    async def run_until_signal(self) -> int:
+        """Run until SIGTERM or SIGINT, then stop gracefully; or until the service left the
+        group sick. Returns the exit status: 0, or 3 after a sick exit."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        signalled = asyncio.ensure_future(stop.wait())
+        stopped = asyncio.ensure_future(self._stopped.wait())
         try:
-            await stop.wait()
-            log.info("signal received: draining")
+            await asyncio.wait([signalled, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                log.info("signal received: draining")
         finally:
+            signalled.cancel()
+            stopped.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
             await self.stop()
+        return sick.SICK_EXIT_STATUS if self.sick_reason else 0
+
+    async def wait_stopped(self) -> None:
+        """Return once :meth:`stop` has finished (a sick exit included)."""
+        await self._stopped.wait()
+
+    # ------------------------------------------------------------------ sick exit
+    async def _sick_loop(self) -> None:
+        self.sick_reason = await sick.wait_sick(
+            self.breaker, self.settings.breaker_max_open_s, lambda: self._stopping
+        )
+        log.error(
+            "%s: leaving the group so a healthy member takes the partitions", self.sick_reason
+        )
+        # Its own task: stop() cancels this loop, and must not cancel itself with it.
+        self._leaving = asyncio.create_task(self.stop(), name="sick-exit")
+        await asyncio.Event().wait()
 
     # ------------------------------------------------------------------ results
     def _finished(self, work: Work, result: ExplanationResult) -> None:
@@ -412,12 +444,11 @@ def _cmd_consume(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level if not settings.debug else "DEBUG")
 
-    async def main() -> None:
+    async def main() -> int:
         await ensure_service_topics(settings)
-        await ConsumerService(settings).run_until_signal()
+        return await ConsumerService(settings).run_until_signal()
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
