@@ -28,6 +28,7 @@ from consumer.core.offsets import OffsetTracker
 from consumer.core.partitions import PartitionBook, PartitionState
 from consumer.core.scheduler import TierScheduler
 from consumer.engines import create_engine
+from consumer.engines.backend import engine_backend
 from consumer.engines.base import Engine
 from consumer.engines.prompts import list_profiles
 from consumer.kafka.deadletters import DeadLetters
@@ -233,9 +234,10 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         sup.loop("observe", self._observe_loop())
         sup.loop("sick", self._sick_loop())
         log.info(
-            "consumer %s started: engine=%s slots=%d delivery=%s topics=%s",
+            "consumer %s started: engine=%s backend=%s slots=%d delivery=%s topics=%s",
             self.consumer_id,
             self.engine.name,
+            engine_backend(self.engine),
             self.engine.slots,
             s.delivery.value,
             ",".join(self.topics.values()),
@@ -427,6 +429,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         except Exception as exc:
             log.warning("model_info failed: %r", exc)
             return
+        self.metrics.set_backend(engine_backend(self.engine))
         self.metrics.set_model_info(
             {
                 "engine": self.engine.name,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from consumer.config import TIERS
 from consumer.core.breaker import BreakerState
 from consumer.core.partitions import PartitionState
+from consumer.engines.backend import engine_backend
 from consumer.kafka.lag import partition_lag
 from schemas.version import __version__
 
@@ -121,6 +122,7 @@ class ControlMixin:
             "version": __version__,
             "consumer_id": self.consumer_id,
             "engine": self.engine.name,
+            "backend": engine_backend(self.engine),
             "delivery": self.settings.delivery.value,
             "model": model,
             "slots": {"total": slots, "busy": busy, "free": max(0, slots - busy)},
