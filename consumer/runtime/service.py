@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,7 @@ from consumer.kafka.sinks import AtLeastOnceSink, ResultSink
 from consumer.kafka.topics import settings_connection
 from consumer.ops.lagseconds import LagSecondsEstimator
 from consumer.ops.traces import Traces
-from consumer.runtime import sick
+from consumer.runtime import sick, signals
 from consumer.runtime import status as status_view
 from consumer.runtime.dispatch import Dispatcher
 from consumer.runtime.grounded import GroundedAnswer
@@ -311,27 +311,14 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             except Exception as exc:
                 log.warning("closing the %s failed: %r", name, exc)
 
-    async def run_until_signal(self) -> int:
-        """Run until SIGTERM or SIGINT, then stop gracefully; or until the service left the
-        group sick. Returns the exit status: 0, or 3 after a sick exit."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        signalled = asyncio.ensure_future(stop.wait())
-        stopped = asyncio.ensure_future(self._stopped.wait())
-        try:
-            await asyncio.wait([signalled, stopped], return_when=asyncio.FIRST_COMPLETED)
-            if stop.is_set():
-                log.info("signal received: draining")
-        finally:
-            signalled.cancel()
-            stopped.cancel()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            await self.stop()
-        return sick.SICK_EXIT_STATUS if self.sick_reason else 0
+    async def run_until_signal(self, prepare: Callable[[], Awaitable[object]] | None = None) -> int:
+        """Run until SIGTERM or SIGINT (or a sick exit), then stop gracefully; returns the
+        exit status. See :mod:`consumer.runtime.signals`."""
+        return await signals.run_until_signal(self, prepare)
+
+    def joined(self) -> bool:
+        """Has start-up reached the consumer group (so a signal must drain, not exit)?"""
+        return self._consumer is not None
 
     async def wait_stopped(self) -> None:
         """Return once :meth:`stop` has finished (a sick exit included)."""
@@ -448,8 +435,9 @@ def _cmd_consume(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(settings.log_level if not settings.debug else "DEBUG")
 
     async def main() -> int:
-        await ensure_service_topics(settings)
-        return await ConsumerService(settings).run_until_signal()
+        return await ConsumerService(settings).run_until_signal(
+            lambda: ensure_service_topics(settings)
+        )
 
     return asyncio.run(main())
 
