@@ -59,17 +59,22 @@ async def test_a_member_whose_breaker_never_closes_leaves_and_the_healthy_one_ta
         await produce_requests(boot, normal, requests)
         # Awaited events, not sleeps: the sick member's own exit, then every answer.
         assert await asyncio.wait_for(sick_run, 60) == SICK_EXIT_STATUS
-        results = await collect(boot, settings.results_topic, len(requests), timeout_s=60)
+        results = await collect(
+            boot, settings.results_topic, len(requests), timeout_s=60, exact=False
+        )
         await wait_committed(settings, "normal")
         owned = {tp.partition for tp in healthy.assigned() if tp.topic == normal}
     assert sick.sick_reason and "BREAKER_MAX_OPEN_S" in sick.sick_reason
     assert not sick.is_live()
     assert owned == set(range(4)), "the healthy member owns every partition after the exit"
     by_id = results_by_id(results)
-    assert set(by_id) == {r.request_id for r in requests}
-    assert all(len(v) == 1 for v in by_id.values())
+    assert set(by_id) == {r.request_id for r in requests}, "every request is answered"
     failed = [r for r in results if r.status is not ResultStatus.OK]
     assert all(r.consumer_id == "sick" and r.status is ResultStatus.FAILED for r in failed)
     # Only what the sick member tried before and between its breaker's openings failed.
     assert len(failed) < 20
-    assert sum(r.consumer_id == "healthy" for r in results) == len(requests) - len(failed)
+    for answers in by_id.values():
+        # At least once: a FAILED answer above a gap the sick member could not commit is
+        # answered again by the healthy member; nothing else is ever repeated.
+        healthy_answers = [r for r in answers if r.consumer_id == "healthy"]
+        assert len(healthy_answers) <= 1 and len(answers) - len(healthy_answers) <= 1
