@@ -9,6 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from consumer.config import Settings
+from consumer.engines.base import GenerationRequest, GenerationResult
+from consumer.engines.fake import FakeEngine
 from consumer.runtime.service import ConsumerService
 from consumer.runtime.sick import SICK_EXIT_STATUS
 from schemas.models import ResultStatus
@@ -26,11 +28,21 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.kafka
 
 
+class _HangingEngine(FakeEngine):
+    """Every generation hangs, like a decode stuck in a GPU call: only REQUEST_TIMEOUT ends it."""
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("sickness", [FlakyEngine, _HangingEngine], ids=["failing", "hanging"])
 async def test_a_member_whose_breaker_never_closes_leaves_and_the_healthy_one_takes_over(
-    make_settings: Callable[..., Settings],
+    make_settings: Callable[..., Settings], sickness: type[FakeEngine]
 ) -> None:
     settings = await service_topics(
         make_settings(
+            request_timeout=0.3,
             kafka_partitions=4,
             fake_latency_ms=20,
             max_concurrent_requests=4,
@@ -48,7 +60,7 @@ async def test_a_member_whose_breaker_never_closes_leaves_and_the_healthy_one_ta
     requests = [make_request(i) for i in range(200)]
     sick = ConsumerService(
         settings.model_copy(update={"consumer_id": "sick"}),
-        engine=FlakyEngine(settings),  # fails every attempt, never recovers
+        engine=sickness(settings),  # fails (or hangs) every attempt, never recovers
     )
     sick_run = asyncio.create_task(sick.run_until_signal())
     await sick.wait_assigned()
