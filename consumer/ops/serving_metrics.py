@@ -34,6 +34,7 @@ class ServingMetrics:
     registry: CollectorRegistry
 
     _serving_series: tuple[Histogram, Histogram] | None = None
+    _build: Gauge
 
     def _serving(self) -> tuple[Histogram, Histogram]:
         # Created on first use so this block is self-contained; every tier starts at zero.
@@ -62,13 +63,19 @@ class ServingMetrics:
         return self._serving_series
 
     def _build_info(self) -> None:
-        build = Gauge(
+        self._build = Gauge(
             "explainstream_build_info",
-            "Always 1; the label says which explainstream version is running",
-            ["version"],
+            "Always 1; the labels say which explainstream version runs on which backend "
+            "(cpu, cuda ... for llama.cpp; the engine's name otherwise; unknown before start)",
+            ["version", "backend"],
             registry=self.registry,
         )
-        build.labels(version=__version__).set(1)
+        self._build.labels(version=__version__, backend="unknown").set(1)
+
+    def set_backend(self, backend: str) -> None:
+        """The backend the engine loaded on, once known: still one build_info series."""
+        self._build.clear()
+        self._build.labels(version=__version__, backend=backend).set(1)
 
     def observe_tokens_timing(
         self, tier: str, first_token_s: float | None, per_output_token_s: float | None

@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from consumer.core.offsets import OffsetTracker
 from consumer.core.partitions import PartitionBook, PartitionState
 from consumer.core.scheduler import TierScheduler
 from consumer.engines import create_engine
+from consumer.engines.backend import engine_backend
 from consumer.engines.base import Engine
 from consumer.engines.prompts import list_profiles
 from consumer.kafka.deadletters import DeadLetters
@@ -37,6 +38,7 @@ from consumer.kafka.sinks import AtLeastOnceSink, ResultSink
 from consumer.kafka.topics import settings_connection
 from consumer.ops.lagseconds import LagSecondsEstimator
 from consumer.ops.traces import Traces
+from consumer.runtime import sick, signals
 from consumer.runtime import status as status_view
 from consumer.runtime.dispatch import Dispatcher
 from consumer.runtime.grounded import GroundedAnswer
@@ -109,6 +111,9 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         self._has_partitions = asyncio.Event()
         self._reloading = asyncio.Lock()
         self._stopping = False
+        self._stopped = asyncio.Event()
+        self._leaving: asyncio.Task[None] | None = None
+        self.sick_reason: str | None = None
         self._started_at = time.monotonic()
         self._engine_ready = False
         self.sink: ResultSink | None = None
@@ -227,10 +232,12 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         sup.loop("dispatch", self.dispatcher.run())
         sup.loop("commit", self._commit_loop())
         sup.loop("observe", self._observe_loop())
+        sup.loop("sick", self._sick_loop())
         log.info(
-            "consumer %s started: engine=%s slots=%d delivery=%s topics=%s",
+            "consumer %s started: engine=%s backend=%s slots=%d delivery=%s topics=%s",
             self.consumer_id,
             self.engine.name,
+            engine_backend(self.engine),
             self.engine.slots,
             s.delivery.value,
             ",".join(self.topics.values()),
@@ -257,6 +264,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
     async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Stop intake, drain in-flight work within the deadline, publish, commit, leave."""
         if self._stopping:
+            await self._stopped.wait()
             return
         self._stopping = True
         self.supervisor.stopping = True
@@ -270,7 +278,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         cut = await finish_within(self.supervisor.all_tasks(), deadline)
         if cut:
             log.warning("%d requests cut at the drain deadline; the next owner redoes them", cut)
-        await self.supervisor.cancel_loops(["commit", "observe"])
+        await self.supervisor.cancel_loops(["commit", "observe", "sick"])
         # Final publish + commit must not be cut short by a second cancellation.
         await asyncio.shield(self._final_commit())
         await self._close_clients()
@@ -280,6 +288,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             await self.metrics.close()
         await self.engine.stop()
         self._engine_ready = False
+        self._stopped.set()
         log.info("consumer %s stopped", self.consumer_id)
 
     async def _final_commit(self) -> None:
@@ -302,18 +311,30 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
             except Exception as exc:
                 log.warning("closing the %s failed: %r", name, exc)
 
-    async def run_until_signal(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop gracefully."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        try:
-            await stop.wait()
-            log.info("signal received: draining")
-        finally:
-            await self.stop()
+    async def run_until_signal(self, prepare: Callable[[], Awaitable[object]] | None = None) -> int:
+        """Run until SIGTERM or SIGINT (or a sick exit), then stop gracefully; returns the
+        exit status. See :mod:`consumer.runtime.signals`."""
+        return await signals.run_until_signal(self, prepare)
+
+    def joined(self) -> bool:
+        """Has start-up reached the consumer group (so a signal must drain, not exit)?"""
+        return self._consumer is not None
+
+    async def wait_stopped(self) -> None:
+        """Return once :meth:`stop` has finished (a sick exit included)."""
+        await self._stopped.wait()
+
+    # ------------------------------------------------------------------ sick exit
+    async def _sick_loop(self) -> None:
+        self.sick_reason = await sick.wait_sick(
+            self.breaker, self.settings.breaker_max_open_s, lambda: self._stopping
+        )
+        log.error(
+            "%s: leaving the group so a healthy member takes the partitions", self.sick_reason
+        )
+        # Its own task: stop() cancels this loop, and must not cancel itself with it.
+        self._leaving = asyncio.create_task(self.stop(), name="sick-exit")
+        await asyncio.Event().wait()
 
     # ------------------------------------------------------------------ results
     def _finished(self, work: Work, result: ExplanationResult) -> None:
@@ -395,6 +416,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         except Exception as exc:
             log.warning("model_info failed: %r", exc)
             return
+        self.metrics.set_backend(engine_backend(self.engine))
         self.metrics.set_model_info(
             {
                 "engine": self.engine.name,
@@ -412,12 +434,12 @@ def _cmd_consume(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level if not settings.debug else "DEBUG")
 
-    async def main() -> None:
-        await ensure_service_topics(settings)
-        await ConsumerService(settings).run_until_signal()
+    async def main() -> int:
+        return await ConsumerService(settings).run_until_signal(
+            lambda: ensure_service_topics(settings)
+        )
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

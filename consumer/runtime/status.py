@@ -3,7 +3,8 @@
 Liveness (GET /health) is False — 503, restart the pod — when a supervised loop or task
 failed, when the engine's worker died (``Engine.alive()``), or when an exactly-once
 partition stayed lost (fenced) longer than two session timeouts without the group taking it
-back. Lag here uses the same arithmetic as the ``lag`` command
+back, or when the breaker stayed away from closed past BREAKER_MAX_OPEN_S (the service
+then also leaves the group). Lag here uses the same arithmetic as the ``lag`` command
 (:func:`consumer.kafka.lag.partition_lag`).
 """
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from consumer.config import TIERS
 from consumer.core.breaker import BreakerState
 from consumer.core.partitions import PartitionState
+from consumer.engines.backend import engine_backend
 from consumer.kafka.lag import partition_lag
 from schemas.version import __version__
 
@@ -53,6 +55,8 @@ class ControlMixin:
 
     def is_live(self: ConsumerService) -> bool:  # type: ignore[misc]
         """Loops and tasks healthy, engine thread alive, no partition lost for long."""
+        if self.sick_reason is not None:
+            return False
         if self._stopping:
             return True
         if not self.supervisor.loops or not self.supervisor.healthy():
@@ -66,6 +70,7 @@ class ControlMixin:
         """Why liveness says what it says (for /status)."""
         return {
             "failures": list(self.supervisor.failures[-5:]),
+            "sick": self.sick_reason,
             "engine_alive": engine_alive(self.engine),
             "lost_partitions": sorted(str(tp) for tp in self.book.in_state(PartitionState.LOST)),
         }
@@ -117,6 +122,7 @@ class ControlMixin:
             "version": __version__,
             "consumer_id": self.consumer_id,
             "engine": self.engine.name,
+            "backend": engine_backend(self.engine),
             "delivery": self.settings.delivery.value,
             "model": model,
             "slots": {"total": slots, "busy": busy, "free": max(0, slots - busy)},

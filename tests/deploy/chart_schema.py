@@ -129,6 +129,15 @@ def values_schema() -> dict[str, Any]:
                 "properties": {
                     "replicas": integer,
                     "terminationGracePeriodSeconds": {"type": "integer", "minimum": 1},
+                    "progressDeadlineSeconds": {"type": ["integer", "null"], "minimum": 1},
+                    "strategy": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "maxSurge": {"type": ["integer", "string"]},
+                            "maxUnavailable": {"type": ["integer", "string"]},
+                        },
+                    },
                 },
             },
             "gateway": {
@@ -147,6 +156,23 @@ def values_schema() -> dict[str, Any]:
                     "maxReplicaCount": {"type": "integer", "minimum": 1},
                     "pollingInterval": {"type": "integer", "minimum": 1},
                     "cooldownPeriod": integer,
+                    "fallback": {
+                        "type": ["object", "null"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "failureThreshold": {"type": "integer", "minimum": 1},
+                            "replicas": integer,
+                            # KEDA 2.21's ScaledObject CRD (spec.fallback.behavior).
+                            "behavior": {
+                                "enum": [
+                                    "static",
+                                    "currentReplicas",
+                                    "currentReplicasIfHigher",
+                                    "currentReplicasIfLower",
+                                ]
+                            },
+                        },
+                    },
                     "kafka": {
                         "type": "object",
                         "properties": {

@@ -29,7 +29,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["INVALID_OFFSET", "TriggerMetric", "desired_replicas", "partition_lag", "trigger_metric"]
+__all__ = [
+    "INVALID_OFFSET",
+    "TriggerMetric",
+    "desired_replicas",
+    "fallback_replicas",
+    "partition_lag",
+    "trigger_metric",
+]
 
 INVALID_OFFSET = -1
 
@@ -99,3 +106,18 @@ def trigger_metric(
 def desired_replicas(asks: list[int], *, min_replicas: int, max_replicas: int) -> int:
     """The HPA over KEDA's triggers: the largest ask, within the ScaledObject's bounds."""
     return max(min_replicas, min(max_replicas, max(asks, default=0)))
+
+
+def fallback_replicas(behavior: str, *, current: int, fallback: int) -> int:
+    """Replicas KEDA's fallback holds once a trigger failed ``failureThreshold`` times
+    (``pkg/fallback/fallback.go``): it reports ``replicas x target`` as the metric, so the
+    HPA lands on ``replicas``; with ``scalingModifiers`` that replaces the whole formula."""
+    if behavior == "static":
+        return fallback
+    if behavior == "currentReplicas":
+        return current
+    if behavior == "currentReplicasIfHigher":
+        return max(current, fallback)
+    if behavior == "currentReplicasIfLower":
+        return min(current, fallback)
+    raise ValueError(f"unknown fallback behavior {behavior!r}")

@@ -110,7 +110,9 @@ def test_secret_references_are_settings_and_optional() -> None:
             for e in container["env"]
             if "secretKeyRef" in e.get("valueFrom", {})
         }
-        assert set(refs) == set(chart_schema.SECRET_SETTINGS)
+        # The gateway has no admin routes: it does not get ADMIN_TOKEN.
+        unused = {"ADMIN_TOKEN"} if name == "explainstream-gateway" else set()
+        assert set(refs) == set(chart_schema.SECRET_SETTINGS) - unused
         for key, ref in refs.items():
             assert ref == {"name": "explainstream-secrets", "key": key, "optional": True}
         assert container["envFrom"] == [{"configMapRef": {"name": "explainstream-config"}}]
@@ -177,7 +179,9 @@ def test_keda_has_one_kafka_trigger_per_tier_on_the_consumers_group() -> None:
         assert meta["allowIdleConsumers"] == "false", "each tier's ask is capped by partitions"
         assert meta["offsetResetPolicy"] == "earliest", "the consumer starts from earliest"
     thresholds = [int(triggers[t]["metadata"]["lagThreshold"]) for t in TIERS]
-    assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[1]
+    assert thresholds == sorted(thresholds)
+    # A pod keeping up holds its slots uncommitted: no tier may ask for more pods for that.
+    assert thresholds[0] >= int(cm["MAX_CONCURRENT_REQUESTS"])
 
 
 def test_keda_replicas_are_bounded_by_partitions_and_scale_down_slowly() -> None:
@@ -201,9 +205,9 @@ def test_scaling_modifiers_sum_the_tiers_asks() -> None:
     env["lag_seconds"], env["gpu_utilization"] = 10.0, 1.2
     composite = eval(modifiers["formula"], {"max": max}, env)  # expr-lang syntax is Python's here
     asks = sum(lag[t] / int(triggers[t]["metadata"]["lagThreshold"]) for t in TIERS)
-    assert composite == pytest.approx(max(asks, 10 / 30, 1.2 / 0.8))
-    # 12/5 + 30/20 + 900/500 = 5.7: six replicas, where the largest single trigger asks 3.
-    assert math.ceil(composite / float(modifiers["target"])) == 6
+    assert composite == pytest.approx(max(asks, 10 / 30, 1.2 / 1.0))
+    # 12/20 + 30/20 + 900/500 = 3.9: four replicas, where the largest single trigger asks 2.
+    assert math.ceil(composite / float(modifiers["target"])) == 4
 
 
 def test_prometheus_triggers_query_the_services_metrics() -> None:
@@ -226,13 +230,13 @@ def test_network_policies_allow_only_kafka_registry_dns_and_scrapes() -> None:
     policy = _one("NetworkPolicy", CONSUMER)
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
-    assert egress_ports == {53, 9092, 9093}, "no registry rule without SCHEMA_REGISTRY_URL"
+    assert egress_ports == {53, 9092}, "no registry rule without SCHEMA_REGISTRY_URL"
+    # MSK's SASL/SCRAM port and Apicurio's 8080, read from the addresses in values-full.
     with_registry = _one("NetworkPolicy", CONSUMER, FULL)
     assert {p["port"] for r in with_registry["spec"]["egress"] for p in r["ports"]} == {
         53,
-        8081,
-        9092,
-        9093,
+        8080,
+        9096,
     }
     ingress = {p["port"]: r["from"] for r in policy["spec"]["ingress"] for p in r["ports"]}
     assert set(ingress) == {8000, 9090}

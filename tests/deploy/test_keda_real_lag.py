@@ -174,10 +174,10 @@ async def test_kedas_metric_equals_explainstream_lag_and_each_tier_asks_its_repl
             assert by_partition[(tier, p)] == expected
     assert sum(m.lag for m in metrics.values()) == lag["total_lag"]
 
-    # What each tier's trigger asks for, with the chart's thresholds (5, 20, 100, 500):
+    # What each tier's trigger asks for, with the chart's thresholds (20, 20, 100, 500):
     asks = {t: (m.metric, m.replicas, m.active) for t, m in metrics.items()}
     assert asks == {
-        "urgent": (15, 3, True),  # lag 21 -> 5 replicas, capped at 3 partitions x 5
+        "urgent": (21, 2, True),  # lag 21 / 20 -> 2 (the cap, 3 partitions x 20, not hit)
         "high": (0, 0, False),
         "normal": (20, 1, True),  # 20 / 100 -> 1
         "low": (500, 1, True),  # 1200 on one partition: limitToPartitionsWithLag caps at 1
@@ -187,4 +187,4 @@ async def test_kedas_metric_equals_explainstream_lag_and_each_tier_asks_its_repl
         min_replicas=spec["minReplicaCount"],
         max_replicas=spec["maxReplicaCount"],
     )
-    assert replicas == 3, "the HPA follows the largest ask (urgent)"
+    assert replicas == 2, "the HPA follows the largest ask (urgent)"

@@ -96,9 +96,9 @@ def test_a_broken_value_fails_helm_with_a_clear_message(
 
 def test_a_misspelt_kubernetes_field_fails_kubeconform_naming_it() -> None:
     rendered = v.helm_template(
-        "extraVolumes[0].name=models",
-        "extraVolumes[0].persistentVolumeClaim.claimName=models",
-        "extraVolumes[0].persistentVolumeClaim.readonly=true",  # the field is readOnly
+        "consumer.extraVolumes[0].name=models",
+        "consumer.extraVolumes[0].persistentVolumeClaim.claimName=models",
+        "consumer.extraVolumes[0].persistentVolumeClaim.readonly=true",  # the field is readOnly
     )
     assert rendered.returncode == 0, rendered.output
     result = v.kubeconform(rendered.stdout)

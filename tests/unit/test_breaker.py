@@ -93,3 +93,29 @@ def test_can_admit_takes_no_probe() -> None:
 def test_bad_half_open_timeout_is_refused() -> None:
     with pytest.raises(ValueError):
         CircuitBreaker(half_open_timeout_s=0)
+
+
+def test_sick_for_counts_from_leaving_closed_across_failed_half_opens() -> None:
+    b = make()
+    assert b.sick_for(0) == 0.0
+    for _ in range(4):
+        b.record(False, 5.0)
+    assert b.sick_for(7.0) == 2.0
+    assert b.allow(15.0)  # half-open probe
+    b.record(False, 15.1)  # fails: open again, the clock keeps running from 5.0
+    assert b.state(15.2) is BreakerState.OPEN
+    assert b.sick_for(20.0) == 15.0
+
+
+def test_sick_for_resets_once_the_probes_close_it() -> None:
+    b = make()
+    for _ in range(4):
+        b.record(False, 0.0)
+    assert b.allow(10.0) and b.allow(10.0)
+    b.record(True, 10.1)
+    b.record(True, 10.2)
+    assert b.state(10.3) is BreakerState.CLOSED
+    assert b.sick_for(50.0) == 0.0
+    for _ in range(4):
+        b.record(False, 60.0)
+    assert b.sick_for(61.0) == 1.0

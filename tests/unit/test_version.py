@@ -36,7 +36,8 @@ def test_cli_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_build_info_is_one_series_with_the_version() -> None:
     registry = CollectorRegistry()
     Metrics(registry)
-    assert registry.get_sample_value("explainstream_build_info", {"version": __version__}) == 1
+    labels = {"version": __version__, "backend": "unknown"}
+    assert registry.get_sample_value("explainstream_build_info", labels) == 1
     families = [f for f in registry.collect() if f.name == "explainstream_build_info"]
     assert [len(f.samples) for f in families] == [1]
 

@@ -18,6 +18,7 @@ from typing import Any
 from consumer.config import Settings
 from consumer.engines import model as model_files
 from consumer.engines import prompts
+from consumer.engines.backend import llama_backend
 from consumer.engines.base import GenerationRequest, GenerationResult, ModelInfo, warmup_requests
 from consumer.engines.llama import plan
 from consumer.engines.llama.counters import Counters
@@ -40,6 +41,11 @@ class LlamaEngine:
     # The grammar judges the sampled token only (full vocabulary on a refusal): cheap enough
     # to constrain every checked answer (see consumer.runtime.grounded).
     cheap_grammar = True
+
+    @property
+    def backend(self) -> str:
+        """llama.cpp's backend as loaded: ``cpu``, ``cuda`` ... (see consumer.engines.backend)."""
+        return llama_backend().name
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
