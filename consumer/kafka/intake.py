@@ -32,6 +32,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from consumer.core.fairshare import buffer_refusal
 from consumer.core.flow import desired_pauses, fetch_budget
 from consumer.core.offsets import OffsetTracker
 from consumer.core.partitions import PartitionBook
@@ -63,6 +64,7 @@ class Work:
     term: int | None = None  # the partition's ownership token when it was taken
     traceparent: str | None = None  # the request record's W3C trace context header
     trace: Any = None  # this request's spans while tracing is on (consumer.ops.traces)
+    refused: str | None = None  # why a limit answers it REJECTED without inference
 
 
 def header_text(headers: Any, name: str) -> str | None:
@@ -222,7 +224,13 @@ class Intake:
                     term=term,
                     traceparent=header_text(record.headers, "traceparent"),
                 )
-                self._scheduler.push(work, tier_index, now, source=tp)
+                origin = request.source
+                if self._scheduler.admits(tier_index, origin):
+                    self._scheduler.push(work, tier_index, now, source=tp, origin=origin)
+                else:
+                    cap = self._scheduler.max_buffered_per_origin or 0
+                    work.refused = buffer_refusal(origin, cap, cap)
+                    self._scheduler.push_refused(work, tier_index, now, source=tp, origin=origin)
         self._wake.set()
 
     async def _dead_letter_unreadable(self, tp: TopicPartition, exc: Exception) -> None:
