@@ -186,8 +186,16 @@ class Settings(BaseSettings):
         1.0,
         gt=0,
         le=1,
-        description="Most of a tier's buffer one source may hold; a request over it is "
-        "answered REJECTED with a retry hint (1: no cap).",
+        description="Most of a tier's buffer one source may hold (1: no cap); over it "
+        "see SOURCE_OVER_SHARE.",
+    )
+    source_over_share: str = Field(
+        "pause",
+        pattern=r"^(pause|reject)$",
+        description="A source over SOURCE_MAX_BUFFER_SHARE: pause the partitions it came from "
+        "(holds only it back when producers partition by source) or reject: answer its "
+        "requests REJECTED with a retry hint (reaches requests behind a flood in shared "
+        "partitions).",
     )
 
     # Prompt profiles, accounting, schema registry

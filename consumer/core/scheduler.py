@@ -9,8 +9,11 @@ service). Which origin's head is next is decided by weighted fair share
 (:class:`~consumer.core.fairshare.FairShare`), or by arrival order when ``fair`` is off;
 each origin stays FIFO. ``max_running_per_origin`` caps the engine slots one origin holds
 (its requests wait while it is at the cap, even with slots free), and
-``max_buffered_per_origin`` is what :meth:`admits` checks before a request is buffered:
-the IO layer answers a request over it REJECTED instead (:meth:`push_refused`).
+``max_buffered_per_origin`` caps the places one origin holds in a tier's buffer. Over that
+cap, with ``refuse_over_share`` the IO layer answers its requests REJECTED
+(:meth:`admits`, :meth:`push_refused`); without it the partitions its buffered requests came
+from are paused (:meth:`crowding`) — which holds only that source back when producers
+partition by source, and the tier's capacity stays the hard bound either way.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class TierScheduler(Generic[T]):
     weights: Mapping[str, float] = field(default_factory=dict)
     max_running_per_origin: int | None = None
     max_buffered_per_origin: int | None = None
+    refuse_over_share: bool = False
     _queues: list[dict[str, deque[Buffered[T]]]] = field(init=False)
     _refused: list[deque[Buffered[T]]] = field(init=False)
     _shares: list[FairShare] = field(init=False)
@@ -81,10 +85,23 @@ class TierScheduler(Generic[T]):
     # ------------------------------------------------------------------ buffering
     def admits(self, priority: int, origin: str) -> bool:
         """May one more request of ``origin`` be buffered in this tier?"""
-        if self.max_buffered_per_origin is None:
+        if self.max_buffered_per_origin is None or not self.refuse_over_share:
             return True
         queue = self._queues[priority].get(origin)
         return queue is None or len(queue) < self.max_buffered_per_origin
+
+    def crowding(self) -> set[Hashable]:
+        """Partitions to pause: those holding requests of an origin at its buffer cap."""
+        cap = self.max_buffered_per_origin
+        if cap is None or self.refuse_over_share:
+            return set()
+        return {
+            entry.source
+            for tier in self._queues
+            for queue in tier.values()
+            if len(queue) >= cap
+            for entry in queue
+        }
 
     def push(
         self, item: T, priority: int, now: float, source: Hashable = None, origin: str = ""

@@ -123,7 +123,7 @@ class Intake:
             tier_of,
             full_tiers=[i for i in range(len(self._tiers)) if self._scheduler.is_full(i)],
             breaker_open=self._breaker_open(now),
-            hold=self._book.held(now),
+            hold=self._book.held(now) | self._scheduler.crowding(),
             uncommitted={tp: self._tracker.uncommitted(tp) for tp in tier_of},
             max_uncommitted=self._max_uncommitted,
         )

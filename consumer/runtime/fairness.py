@@ -32,4 +32,5 @@ def fair_scheduler(s: Settings) -> TierScheduler[T]:
             if s.source_max_buffer_share >= 1
             else share_cap(s.source_max_buffer_share, per_tier)
         ),
+        refuse_over_share=s.source_over_share == "reject",
     )

@@ -82,7 +82,7 @@ def test_slot_cap_holds_a_source_back_until_one_of_its_requests_is_done() -> Non
 
 def test_buffer_cap_sends_the_excess_to_refusals_that_are_picked_first() -> None:
     s: TierScheduler[str] = TierScheduler(
-        capacity_per_tier=4, aging_s=1000, max_buffered_per_origin=2
+        capacity_per_tier=4, aging_s=1000, max_buffered_per_origin=2, refuse_over_share=True
     )
     for i in range(3):
         if s.admits(2, "noisy"):
@@ -95,6 +95,20 @@ def test_buffer_cap_sends_the_excess_to_refusals_that_are_picked_first() -> None
     assert head is not None and head.refused and head.item == "n2"
     s.done(head)
     assert s.admits(2, "noisy") is False and s.free(2) == 2
+
+
+def test_without_refusals_a_source_at_its_cap_pauses_the_partitions_it_came_from() -> None:
+    s: TierScheduler[str] = TierScheduler(
+        capacity_per_tier=10, aging_s=1000, max_buffered_per_origin=3
+    )
+    for i in range(3):
+        assert s.admits(2, "noisy")
+        s.push(f"n{i}", 2, now=0.0, source=f"p{i % 2}", origin="noisy")
+    s.push("q0", 2, now=0.0, source="p2", origin="quiet")
+    assert s.crowding() == {"p0", "p1"}
+    entry = s.pick(1.0)
+    assert entry is not None and entry.origin == "noisy"
+    assert s.crowding() == set()  # below its cap again: its partitions may be read
 
 
 def test_revoked_partitions_leave_every_origin_queue() -> None:
