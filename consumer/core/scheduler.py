@@ -103,6 +103,17 @@ class TierScheduler(Generic[T]):
             for entry in queue
         }
 
+    def fetch_room(self, priority: int) -> int:
+        """How many records one fetch may bring into this tier: its free room and, with a
+        per-origin cap that pauses, no more than the fullest unpaused origin has left (any
+        fetched record may be that origin's), so no fetch carries an origin far past it."""
+        room = self.free(priority)
+        cap = self.max_buffered_per_origin
+        if cap is None or self.refuse_over_share or not room:
+            return room
+        below = [len(q) for q in self._queues[priority].values() if len(q) < cap]
+        return min(room, cap - max(below, default=0))
+
     def push(
         self, item: T, priority: int, now: float, source: Hashable = None, origin: str = ""
     ) -> None:

@@ -145,7 +145,7 @@ class Intake:
             tier_of = self._book.tiers()
             fetchable = [tp for tp in assigned - want if tp in tier_of]
             budget = fetch_budget(
-                [self._scheduler.free(i) for i in range(len(self._tiers))],
+                [self._scheduler.fetch_room(i) for i in range(len(self._tiers))],
                 {tier_of[tp] for tp in fetchable},
                 partition_rooms=[
                     self._max_uncommitted - self._tracker.uncommitted(tp) for tp in fetchable

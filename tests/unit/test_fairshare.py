@@ -106,9 +106,26 @@ def test_without_refusals_a_source_at_its_cap_pauses_the_partitions_it_came_from
         s.push(f"n{i}", 2, now=0.0, source=f"p{i % 2}", origin="noisy")
     s.push("q0", 2, now=0.0, source="p2", origin="quiet")
     assert s.crowding() == {"p0", "p1"}
+    assert s.fetch_room(2) == 2  # quiet holds 1 of its 3: a fetch may bring 2 more
     entry = s.pick(1.0)
     assert entry is not None and entry.origin == "noisy"
     assert s.crowding() == set()  # below its cap again: its partitions may be read
+
+
+def test_a_fetch_cannot_carry_an_origin_far_past_its_cap() -> None:
+    s: TierScheduler[str] = TierScheduler(
+        capacity_per_tier=20, aging_s=1000, max_buffered_per_origin=5
+    )
+    assert s.fetch_room(1) == 5
+    for i in range(4):
+        s.push(f"n{i}", 1, now=0.0, origin="noisy")
+    assert s.fetch_room(1) == 1
+    s.push("n4", 1, now=0.0, origin="noisy")  # at its cap: paused, no longer limits a fetch
+    assert s.fetch_room(1) == 5
+    refusing = TierScheduler[str](
+        capacity_per_tier=20, max_buffered_per_origin=5, refuse_over_share=True
+    )
+    assert refusing.fetch_room(1) == 20
 
 
 def test_revoked_partitions_leave_every_origin_queue() -> None:
