@@ -305,6 +305,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "consumer.dev.bench_e2e",
     "consumer.dev.bench_quality",
     "consumer.dev.bench_report",
+    "consumer.dev.bench_fairness",
 )
 
 
