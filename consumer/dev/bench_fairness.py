@@ -55,7 +55,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], bool]] = {
 #: Per-engine defaults: slots, quiet rate, seconds per phase, tokens.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "fake": {"slots": 4, "quiet_rate": 10.0, "seconds": 10.0, "max_tokens": 32},
-    "llama": {"slots": 4, "quiet_rate": 0.5, "seconds": 30.0, "max_tokens": 24},
+    "llama": {"slots": 4, "quiet_rate": 0.2, "seconds": 40.0, "max_tokens": 24},
 }
 
 
