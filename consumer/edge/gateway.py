@@ -407,15 +407,8 @@ async def serve(
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from consumer.config import Settings
-
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    settings = Settings.from_env()
-    limiter = GatewayLimiter(
-        settings.gateway_rate_limit,
-        settings.gateway_rate_burst,
-        key_header=settings.gateway_api_key_header,
-    )
+    limiter = GatewayLimiter.from_env()
     asyncio.run(
         serve(
             KafkaConnection.from_env(),

@@ -52,6 +52,15 @@ class GatewayLimiter:
             registry=self.registry,
         )
 
+    @classmethod
+    def from_env(cls) -> GatewayLimiter:
+        """GATEWAY_RATE_LIMIT, GATEWAY_RATE_BURST and GATEWAY_API_KEY_HEADER (via Settings,
+        so a bad value fails at start naming the variable)."""
+        from consumer.config import Settings
+
+        s = Settings.from_env()
+        return cls(s.gateway_rate_limit, s.gateway_rate_burst, key_header=s.gateway_api_key_header)
+
     def client(self, http: web.Request) -> str:
         """Whom a request is charged to."""
         if self.key_header:

@@ -11,12 +11,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from consumer.edge.gateway import create_app
 from consumer.edge.limits import GatewayLimiter
-from schemas.errors import KafkaUnavailable
+from schemas.errors import ConfigError, KafkaUnavailable
 
 BODY = {"context": {"analysis_type": "sentiment", "symbol": "AAPL", "sentiment_score": 0.7}}
 
@@ -99,3 +100,17 @@ async def test_clients_are_told_apart_by_the_api_key_header() -> None:
 async def test_no_limit_configured_never_answers_429() -> None:
     async with gateway(GatewayLimiter(None, registry=CollectorRegistry())) as http:
         assert {await _status(http, "/explain", BODY) for _ in range(20)} == {503}
+
+
+def test_the_limit_comes_from_the_environment_and_a_bad_value_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GATEWAY_RATE_LIMIT", "5")
+    monkeypatch.setenv("GATEWAY_API_KEY_HEADER", "X-API-Key")
+    limiter = GatewayLimiter.from_env()
+    assert limiter.buckets is not None
+    assert (limiter.buckets.rate, limiter.buckets.burst) == (5.0, 32.0)
+    assert limiter.key_header == "X-API-Key"
+    monkeypatch.setenv("GATEWAY_RATE_LIMIT", "-1")
+    with pytest.raises(ConfigError, match="GATEWAY_RATE_LIMIT"):
+        GatewayLimiter.from_env()
