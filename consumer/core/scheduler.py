@@ -72,15 +72,10 @@ class TierScheduler(Generic[T]):
 
     @classmethod
     def with_total_capacity(
-        cls, total: int, *, tiers: int = 4, aging_s: float = 30.0, **fairness: object
+        cls, total: int, *, tiers: int = 4, aging_s: float = 30.0
     ) -> TierScheduler[T]:
         """Split ``total`` (MAX_QUEUE_SIZE) evenly across tiers, at least one each."""
-        return cls(
-            tiers=tiers,
-            capacity_per_tier=max(1, total // tiers),
-            aging_s=aging_s,
-            **fairness,  # type: ignore[arg-type]
-        )
+        return cls(tiers=tiers, capacity_per_tier=max(1, total // tiers), aging_s=aging_s)
 
     # ------------------------------------------------------------------ buffering
     def admits(self, priority: int, origin: str) -> bool:
