@@ -215,6 +215,54 @@ class Settings(BaseSettings):
     max_context_bytes: int = Field(16_384, ge=256)
     """Larger contexts (compact JSON of the encoded fields) are REJECTED."""
 
+    # Rate limits and fair share between sources (docs/manual/rate-limits.md)
+    gateway_rate_limit: float | None = Field(
+        None,
+        gt=0,
+        description="Gateway: requests/s per client (API key or peer address); unset: no limit. "
+        "Over it the gateway answers 429 with Retry-After.",
+    )
+    gateway_rate_burst: int | None = Field(
+        None, ge=1, description="Gateway: bucket size per client; unset: max(32, the rate)."
+    )
+    gateway_api_key_header: str | None = Field(
+        None,
+        description="Gateway: header naming the client for the rate limit (e.g. X-API-Key); "
+        "requests without it are charged to their peer address.",
+    )
+    fair_share: bool = Field(
+        True,
+        description="Within a tier, pick across request sources by weighted fair share "
+        "(false: arrival order).",
+    )
+    source_weights: str | None = Field(
+        None,
+        pattern=r"^\s*([^=,\s]+\s*=\s*[0-9]*\.?[0-9]+\s*(,\s*|$))*$",
+        description="Fair-share weights as source=weight pairs, comma-separated "
+        "(e.g. 'pricing=3,replay=0.5'); unlisted sources weigh 1.",
+    )
+    source_max_slot_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Most of the engine's slots one source may hold (at least one slot).",
+    )
+    source_max_buffer_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Most of a tier's buffer one source may hold (1: no cap); over it "
+        "see SOURCE_OVER_SHARE.",
+    )
+    source_over_share: str = Field(
+        "pause",
+        pattern=r"^(pause|reject)$",
+        description="A source over SOURCE_MAX_BUFFER_SHARE: pause the partitions it came from "
+        "(holds only it back when producers partition by source) or reject: answer its "
+        "requests REJECTED with a retry hint (reaches requests behind a flood in shared "
+        "partitions).",
+    )
+
     # Prompt profiles, accounting, schema registry
     prompt_profiles_path: str | None = None
     """YAML file of operator prompt profiles (see Prompt profiles)."""

@@ -84,7 +84,14 @@ def _produce(args: argparse.Namespace) -> int:
     }
 
     async def run() -> None:
-        producer = ExplanationProducer(conn, topic_prefix=prefix, source=args.source, codec=codec)
+        producer = ExplanationProducer(
+            conn,
+            topic_prefix=prefix,
+            source=args.source,
+            codec=codec,
+            partition_by=args.partition_by,
+            source_partitions=args.source_partitions,
+        )
         # Validate every context before connecting, so a bad line sends nothing.
         for index, context in enumerate(contexts):
             try:
@@ -180,6 +187,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--deadline-ms", type=_positive_int, default=None, help="deadline N ms from now"
     )
     produce.add_argument("--reply-to", default=None, help="topic for the results")
+    produce.add_argument(
+        "--partition-by",
+        choices=["request_id", "source"],
+        default="request_id",
+        help="source: keep this source's requests in --source-partitions partitions per tier",
+    )
+    produce.add_argument(
+        "--source-partitions",
+        type=_positive_int,
+        default=1,
+        help="with --partition-by source: how many partitions the source spreads over",
+    )
     produce.set_defaults(func=_produce)
 
     explain = subparsers.add_parser("explain", help="submit one context and print its result")

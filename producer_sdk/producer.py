@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 
 from producer_sdk import _tracing
 from producer_sdk._kafka import guarded, make_producer, start_or_close, warn_unclosed
+from producer_sdk._partitioning import PartitionBy, source_partition
 from producer_sdk._requests import (
     Deadline,
     build_request,
@@ -35,6 +36,10 @@ class ExplanationProducer:
 
     The underlying producer is idempotent with ``acks=all``; every record carries a W3C
     ``traceparent`` header (given or generated). Use ``async with`` or ``start()``/``close()``.
+    Its Kafka client id is ``source`` (unless the connection names another), so operators
+    can cap one service's produce rate with a Kafka client quota. ``partition_by="source"``
+    confines a source's requests to ``source_partitions`` partitions of each tier topic
+    (:mod:`producer_sdk._partitioning`); the default spreads them by request_id.
     Requests are validated before anything is sent; problems raise
     :class:`~schemas.errors.ValidationError`, broker problems
     :class:`~schemas.errors.KafkaUnavailable`.
@@ -48,10 +53,20 @@ class ExplanationProducer:
         source: str = "unknown",
         codec: Codec | None = None,
         producer_options: Mapping[str, Any] | None = None,
+        partition_by: PartitionBy = "request_id",
+        source_partitions: int = 1,
     ) -> None:
+        if partition_by not in ("request_id", "source"):
+            raise ValidationError(
+                f"partition_by must be 'request_id' or 'source', not {partition_by!r}"
+            )
+        if source_partitions < 1:
+            raise ValidationError("source_partitions must be at least 1")
         self.connection = connection or KafkaConnection()
         self.topic_prefix = topic_prefix
         self.source = source
+        self.partition_by: PartitionBy = partition_by
+        self.source_partitions = source_partitions
         self.codec = codec or Codec()
         self._options = dict(producer_options or {})
         self._producer: AIOKafkaProducer | None = None
@@ -71,7 +86,8 @@ class ExplanationProducer:
             return
         if self._closed:
             raise ExplainstreamError(f"{type(self).__name__} is closed")
-        producer = make_producer(self.connection, **self._options)
+        options = {"client_id": self.client_id, **self._options}
+        producer = make_producer(self.connection, **options)
         await start_or_close(self.connection, "starting producer", producer)
         self._producer = producer
 
@@ -83,6 +99,12 @@ class ExplanationProducer:
             await asyncio.shield(producer.stop())
 
     stop = close
+
+    @property
+    def client_id(self) -> str:
+        """The Kafka client id: ``source``, unless the connection sets one of its own."""
+        default = KafkaConnection.__dataclass_fields__["client_id"].default
+        return self.source if self.connection.client_id == default else self.connection.client_id
 
     async def __aenter__(self) -> ExplanationProducer:
         await self.start()
@@ -205,6 +227,12 @@ class ExplanationProducer:
         except EncodeError as exc:
             raise ValidationError(str(exc)) from exc
         producer = self._require()
+        partitions: list[int] = []
+        if self.partition_by == "source":
+            found = await guarded(
+                self.connection, f"reading partitions of {topic}", producer.partitions_for(topic)
+            )
+            partitions = sorted(found or ())
         spans = _tracing.send_spans(topic, requests, traceparent)
         futures = []
         try:
@@ -220,6 +248,7 @@ class ExplanationProducer:
                             value=value,
                             key=request.request_id.encode(),
                             headers=record_headers,
+                            partition=self._partition(request, partitions),
                         ),
                     )
                 )
@@ -231,6 +260,13 @@ class ExplanationProducer:
             raise
         for span, _ in spans:
             _tracing.end_span(span)
+
+    def _partition(self, request: ExplanationRequest, partitions: list[int]) -> int | None:
+        if self.partition_by != "source" or not partitions:
+            return None  # the key's partition (murmur2 of request_id)
+        return source_partition(
+            request.source, request.request_id, partitions, self.source_partitions
+        )
 
     async def flush(self) -> None:
         """Wait until everything sent so far is acknowledged."""

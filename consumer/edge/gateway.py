@@ -9,6 +9,7 @@ become metrics, strings and booleans attributes) or an AnalysisContext
 ``request_id`` and ``status``.
 
 Status codes: 400 body is not JSON, 422 invalid input (FastAPI-style ``detail`` list),
+429 over GATEWAY_RATE_LIMIT (with ``Retry-After``; :mod:`consumer.edge.limits`),
 504 no result in time or the request EXPIRED, 502 the service FAILED, 503 Kafka unreachable.
 """
 
@@ -28,6 +29,7 @@ import pydantic
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from consumer.edge.limits import GatewayLimiter
 from producer_sdk._requests import TIERS, topic_prefix_from_env, validate_traceparent
 from producer_sdk.client import ExplanationClient
 from producer_sdk.connection import KafkaConnection
@@ -222,9 +224,12 @@ def create_app(
     *,
     timeout_s: float = 30.0,
     max_batch: int = MAX_BATCH,
+    limiter: GatewayLimiter | None = None,
 ) -> web.Application:
-    """The gateway application; ``factory`` builds the (not yet started) ExplanationClient."""
+    """The gateway application; ``factory`` builds the (not yet started) ExplanationClient;
+    ``limiter`` (default: no limit) charges each request to its client."""
     bridge = _Bridge(factory)
+    limits = limiter or GatewayLimiter(None)
     app = web.Application(client_max_size=1024 * 1024)
 
     async def explain_one(
@@ -255,6 +260,9 @@ def create_app(
             ) from None
 
     async def explain(http: web.Request) -> web.Response:
+        refused = limits.refuse(http, 1, "/explain")
+        if refused is not None:
+            return refused
         body = await read_json(http)
         try:
             request, context = parse_item(body, ("body",))
@@ -289,6 +297,9 @@ def create_app(
                 problems.extend(exc.detail)
         if problems:
             return web.json_response({"detail": problems}, status=422)
+        refused = limits.refuse(http, len(parsed), "/explain/batch")
+        if refused is not None:
+            return refused
         try:
             await bridge.client()  # Kafka down: one 503 rather than N item errors
         except KafkaUnavailable as exc:
@@ -331,6 +342,7 @@ def create_app(
     app.router.add_post("/explain", explain)
     app.router.add_post("/explain/batch", explain_batch)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", limits.metrics)
     return app
 
 
@@ -365,6 +377,7 @@ async def serve(
     timeout_s: float = 30.0,
     stop: asyncio.Event | None = None,
     codec: Codec | None = None,
+    limiter: GatewayLimiter | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or SIGINT/SIGTERM when not given).
 
@@ -374,6 +387,7 @@ async def serve(
     app = create_app(
         lambda: ExplanationClient(connection, topic_prefix=topic_prefix, codec=shared),
         timeout_s=timeout_s,
+        limiter=limiter,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -394,6 +408,7 @@ async def serve(
 
 def _cmd(args: argparse.Namespace) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    limiter = GatewayLimiter.from_env()
     asyncio.run(
         serve(
             KafkaConnection.from_env(),
@@ -402,6 +417,7 @@ def _cmd(args: argparse.Namespace) -> int:
             port=_port(args.port),
             timeout_s=args.timeout,
             codec=codec_from_env(),
+            limiter=limiter,
         )
     )
     return 0

@@ -32,6 +32,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from consumer.core.fairshare import buffer_refusal
 from consumer.core.flow import desired_pauses, fetch_budget
 from consumer.core.offsets import OffsetTracker
 from consumer.core.partitions import PartitionBook
@@ -63,6 +64,7 @@ class Work:
     term: int | None = None  # the partition's ownership token when it was taken
     traceparent: str | None = None  # the request record's W3C trace context header
     trace: Any = None  # this request's spans while tracing is on (consumer.ops.traces)
+    refused: str | None = None  # why a limit answers it REJECTED without inference
 
 
 def header_text(headers: Any, name: str) -> str | None:
@@ -121,7 +123,7 @@ class Intake:
             tier_of,
             full_tiers=[i for i in range(len(self._tiers)) if self._scheduler.is_full(i)],
             breaker_open=self._breaker_open(now),
-            hold=self._book.held(now),
+            hold=self._book.held(now) | self._scheduler.crowding(),
             uncommitted={tp: self._tracker.uncommitted(tp) for tp in tier_of},
             max_uncommitted=self._max_uncommitted,
         )
@@ -143,7 +145,7 @@ class Intake:
             tier_of = self._book.tiers()
             fetchable = [tp for tp in assigned - want if tp in tier_of]
             budget = fetch_budget(
-                [self._scheduler.free(i) for i in range(len(self._tiers))],
+                [self._scheduler.fetch_room(i) for i in range(len(self._tiers))],
                 {tier_of[tp] for tp in fetchable},
                 partition_rooms=[
                     self._max_uncommitted - self._tracker.uncommitted(tp) for tp in fetchable
@@ -222,7 +224,13 @@ class Intake:
                     term=term,
                     traceparent=header_text(record.headers, "traceparent"),
                 )
-                self._scheduler.push(work, tier_index, now, source=tp)
+                origin = request.source
+                if self._scheduler.admits(tier_index, origin):
+                    self._scheduler.push(work, tier_index, now, source=tp, origin=origin)
+                else:
+                    cap = self._scheduler.max_buffered_per_origin or 0
+                    work.refused = buffer_refusal(origin, cap, cap)
+                    self._scheduler.push_refused(work, tier_index, now, source=tp, origin=origin)
         self._wake.set()
 
     async def _dead_letter_unreadable(self, tp: TopicPartition, exc: Exception) -> None:

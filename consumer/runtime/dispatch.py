@@ -103,6 +103,7 @@ class Dispatcher:
                 return
             released = True
             self.in_flight[tier] -= 1
+            self._scheduler.done(entry)
             if not self.busy:
                 self.idle.set()
             self._wake.set()

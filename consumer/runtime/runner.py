@@ -148,6 +148,8 @@ class RequestRunner:
         """(result, None) to publish, or (None, backoff) to requeue; (None, None) when the
         breaker had no probe left (requeued without counting an attempt)."""
         req = work.request
+        if work.refused is not None:
+            return self._result(work, ResultStatus.REJECTED, None, work.refused, started), None
         deadline = deadline_monotonic(req.deadline)
         context = req.context.model_dump()
         verdict = admit(

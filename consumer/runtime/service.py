@@ -41,6 +41,7 @@ from consumer.ops.traces import Traces
 from consumer.runtime import sick, signals
 from consumer.runtime import status as status_view
 from consumer.runtime.dispatch import Dispatcher
+from consumer.runtime.fairness import fair_scheduler
 from consumer.runtime.grounded import GroundedAnswer
 from consumer.runtime.rebalance import RebalanceMixin
 from consumer.runtime.runner import RequestRunner
@@ -82,9 +83,7 @@ class ConsumerService(status_view.ControlMixin, RebalanceMixin):
         self.consumer_id = s.consumer_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = s.request_topics()
         self._tier_of_topic = {topic: tier for tier, topic in self.topics.items()}
-        self.scheduler: TierScheduler[Work] = TierScheduler.with_total_capacity(
-            s.max_queue_size, tiers=len(TIERS), aging_s=s.aging_s
-        )
+        self.scheduler: TierScheduler[Work] = fair_scheduler(s)
         self.tracker = OffsetTracker()
         self.book = PartitionBook()
         self.breaker = CircuitBreaker(

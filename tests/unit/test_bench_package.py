@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "e2e",
     "quality",
     "report",
+    "fairness",
 }
 
 

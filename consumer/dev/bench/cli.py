@@ -305,6 +305,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "consumer.dev.bench.e2e",
     "consumer.dev.bench.quality",
     "consumer.dev.bench.report",
+    "consumer.dev.bench.fairness",
 )
 
 
