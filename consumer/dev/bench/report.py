@@ -169,14 +169,14 @@ def _finetuned_rows(q: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         (
             "finetuned",
             "fine-tuned: the model writes >= 90 % of OK results (GROUNDING=repair)",
-            f"{_num(share[1]):.0%} (base {_num(share[0]):.0%}, same contexts, same run)",
-            verdict(_num(share[1]) >= 0.9, f"by {0.9 - _num(share[1]):.0%}"),
+            f"{_num(share[1]):.1%} (base {_num(share[0]):.1%}, same contexts, same run)",
+            verdict(_num(share[1]) >= 0.9, f"by {100 * (0.9 - _num(share[1])):.1f} points"),
         ),
         (
             "finetuned",
             "fine-tuned: first answers failing a check <= 10 %",
-            f"{_num(failed[1]):.0%} (base {_num(failed[0]):.0%})",
-            verdict(_num(failed[1]) <= 0.1, f"by {_num(failed[1]) - 0.1:.0%}"),
+            f"{_num(failed[1]):.1%} (base {_num(failed[0]):.1%})",
+            verdict(_num(failed[1]) <= 0.1, f"by {100 * (_num(failed[1]) - 0.1):.1f} points"),
         ),
         (
             "finetuned",
