@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import pytest
@@ -241,9 +242,9 @@ async def test_a_fetch_never_overfills_the_tier_with_the_least_room(
     deepest = 0
     push = svc.scheduler.push
 
-    def counting_push(item: object, priority: int, now: float, source: object = None) -> None:
+    def counting_push(item: object, priority: int, now: float, *args: Any, **kw: Any) -> None:
         nonlocal deepest
-        push(item, priority, now, source)  # type: ignore[arg-type]
+        push(item, priority, now, *args, **kw)  # type: ignore[arg-type]
         deepest = max(deepest, svc.scheduler.depth(priority))
 
     svc.scheduler.push = counting_push  # type: ignore[method-assign]
